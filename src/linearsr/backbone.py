@@ -1,0 +1,146 @@
+"""The LinearSR backbone: a SANA-style linear-attention diffusion transformer conditioned on an LR image.
+
+    noisy grid x_t (B, C, h, w) --+
+                                  +-- concat --> patch conv --> N x [LinearSRBlock] --> adaLN out --> v
+    LR image -> LRStem (B, c, h, w) -+                 ^ t (adaLN-single)   ^ tags (cross-attention)
+
+It predicts the flow-matching velocity v = x_clean - noise (time convention in `schedule.py`). There is no
+positional embedding: the Mix-FFN's depth-wise conv supplies position, so any grid size works, square or
+not. Module and parameter names mirror diffusers' `SanaTransformer2DModel` so the SANA importer maps
+weights by name; the extras (LR stem, wider input conv, null tag tokens) are ours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import LinearSRBlock, modulate
+from .config import ModelConfig
+from .stem import LRStem
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features, cos half first (diffusers' `flip_sin_to_cos=True, downscale_freq_shift=0`)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.linear_1 = nn.Linear(freq_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # SANA embeds its noise level scaled to [0, 1000]; in our convention that is 1000 * (1 - t).
+        emb = timestep_embedding(1000.0 * (1.0 - t), self.freq_dim)
+        return self.linear_2(F.silu(self.linear_1(emb.to(self.linear_1.weight.dtype))))
+
+
+class CaptionProjection(nn.Module):
+    """Condition tokens (e.g. 384-d tag embeddings) -> model width: Linear, GELU(tanh), Linear."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x), approximate="tanh"))
+
+
+class LinearSRBackbone(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        dim = c.width
+        self.lr_stem = LRStem(c.stem_channels, c.codec_factor, c.scale)
+        self.patch_embed = nn.Conv2d(c.latent_channels + c.stem_channels, dim, c.patch_size, c.patch_size)
+        self.time_embed = TimestepEmbedder(dim)
+        self.time_mod = nn.Linear(dim, 6 * dim)  # adaLN-single: one table shared by every block
+        if c.cross_attention:
+            self.caption_projection = CaptionProjection(c.cond_dim, dim)
+            self.caption_norm = nn.RMSNorm(dim, eps=1e-5)
+            self.null_tokens = nn.Parameter(torch.randn(c.num_null_tokens, c.cond_dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            LinearSRBlock(dim, c.heads, c.mlp_ratio, c.attention, c.cross_attention, c.cross_heads)
+            for _ in range(c.depth)
+        )
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(dim, c.patch_size**2 * c.latent_channels)
+        self.ffn_chunk_rows: int | None = None  # set by the pipeline for very large inference grids
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # DiT/PixArt recipe: xavier linears, small timestep MLP, zero output layers so that every block
+        # starts as the identity and the first prediction is v = 0.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time_embed.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embed.linear_2.weight, std=0.02)
+        nn.init.normal_(self.time_mod.weight, std=0.02)
+        for block in self.blocks:
+            if block.attn2 is not None:
+                nn.init.zeros_(block.attn2.to_out.weight)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def null_context(self, batch: int) -> torch.Tensor:
+        """The learned "no tags" condition, (batch, num_null_tokens, cond_dim)."""
+        return self.null_tokens[None].expand(batch, -1, -1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, lr: torch.Tensor,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, h, w) noisy grid; t: (B,) or scalar in [0, 1]; lr: (B, 3, H/scale, W/scale) in [-1, 1];
+        context: (B, L, cond_dim) tag embeddings or None for the null tokens; context_mask: (B, L) bool."""
+        b, _, h, w = x.shape
+        p = self.config.patch_size
+        if h % p or w % p:
+            raise ValueError(f"grid {h}x{w} is not divisible by the patch size {p}")
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        feats = self.lr_stem(lr.to(x.dtype))
+        if feats.shape[-2:] != (h, w):
+            raise ValueError(f"LR image {tuple(lr.shape[-2:])} does not match the grid {h}x{w} at scale "
+                             f"{self.config.scale} (LR stem gives {tuple(feats.shape[-2:])})")
+        tokens = self.patch_embed(torch.cat([x, feats], dim=1))
+        gh, gw = tokens.shape[-2:]
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, dim)
+
+        t_emb = self.time_embed(t).to(tokens.dtype)
+        t_mod = self.time_mod(F.silu(t_emb))
+        if self.config.cross_attention:
+            if context is None:
+                context, context_mask = self.null_context(b), None
+            context = self.caption_norm(self.caption_projection(context.to(tokens.dtype)))
+
+        for block in self.blocks:
+            args = (tokens, (gh, gw), t_mod, context, context_mask, self.ffn_chunk_rows)
+            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, *args, use_reentrant=False)
+            else:
+                tokens = block(*args)
+
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).unbind(1)
+        tokens = self.proj_out(modulate(self.norm_out(tokens), shift[:, None], scale[:, None]))
+        # unpatchify: (B, N, p*p*C) -> (B, C, h, w)
+        c = self.config.latent_channels
+        out = tokens.view(b, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, gh * p, gw * p)
+        return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,116 @@
+"""Model folders: `config.json` + `model.safetensors`, written atomically, loaded without pickle.
+
+A model folder is what `upscale`, `eval`, `info` and `--init-from` accept. Training-state checkpoints
+(optimizer, EMA, RNG, data position) are the training loop's business and live in `train_state.py`.
+Loading never unpickles: a .pt/.pth/.bin/.ckpt file is refused with a clear message, because unpickling
+an untrusted file can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+BUNDLED_DIR = Path(__file__).parent / "weights"
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded; the message is one line for the user."""
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A folder path, or the name of a model bundled in the package (e.g. "default")."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    bundled = BUNDLED_DIR / str(name_or_path)
+    if bundled.is_dir():
+        return bundled
+    names = sorted(d.name for d in BUNDLED_DIR.iterdir() if d.is_dir()) if BUNDLED_DIR.is_dir() else []
+    raise CheckpointError(f"{name_or_path}: no such model folder or bundled model (bundled: {', '.join(names) or 'none'})")
+
+
+def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
+    """Write config + weights to `path` atomically (a temp folder renamed into place)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"experts.{k}": v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
+               for k, v in model.experts.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
+        model.config.save(tmp / CONFIG_NAME)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    folder = _model_folder(path)
+    try:
+        return ModelConfig.load(folder / CONFIG_NAME)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from None
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a model folder (or bundled model name). Weights are cast to `dtype` if given, else float32."""
+    from .model import LinearSRModel
+
+    folder = _model_folder(path)
+    config = load_config(folder)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{folder / WEIGHTS_NAME}: not a readable safetensors file ({e})") from None
+    model = LinearSRModel(config)
+    state = {k.removeprefix("experts."): v.float() for k, v in state.items()}
+    missing, unexpected = model.experts.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: weights do not match config.json "
+                              f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})")
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: pickle checkpoints are refused (they can run code when loaded); "
+                              f"LinearSR loads only safetensors model folders")
+
+
+def _model_folder(path: str | Path) -> Path:
+    p = resolve_model_path(path)
+    refuse_pickle(p)
+    if p.is_file():
+        if p.name in (WEIGHTS_NAME, CONFIG_NAME):
+            p = p.parent
+        else:
+            raise CheckpointError(f"{p}: expected a model folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (p / name).is_file():
+            pickles = [f.name for f in p.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES]
+            hint = f" (found pickle files {pickles}: refused, convert them to safetensors)" if pickles else ""
+            raise CheckpointError(f"{p}: missing {name}{hint}")
+    return p

@@ -1,0 +1,28 @@
+"""The training objective: conditional flow matching (rectified flow), plain mean-squared error.
+
+With x_t = (1 - t) * noise + t * x_clean (see `schedule.py`) the target velocity is x_clean - noise and the
+loss is || v_theta(x_t, t, LR, tags) - (x_clean - noise) ||^2, averaged over the grid. The paper uses no
+L1 or perceptual term, and neither do we.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schedule import TimeSampler
+
+
+class FlowMatchingLoss:
+    def __init__(self, time_sampler: TimeSampler | None = None) -> None:
+        self.time_sampler = time_sampler or TimeSampler()
+
+    def __call__(self, model, x_clean: torch.Tensor, lr: torch.Tensor, context: torch.Tensor | None = None,
+                 context_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample losses, shape (B,). Noise and t come from `generator` (CPU) for reproducibility."""
+        b = x_clean.shape[0]
+        t = self.time_sampler(b, generator).to(x_clean.device)
+        noise = torch.randn(x_clean.shape, generator=generator).to(x_clean.device, x_clean.dtype)
+        t_ = t.view(b, 1, 1, 1).to(x_clean.dtype)
+        x_t = (1 - t_) * noise + t_ * x_clean
+        pred = model(x_t, t, lr, context, context_mask)
+        return (pred.float() - (x_clean - noise).float()).pow(2).mean(dim=(1, 2, 3))

@@ -1,0 +1,113 @@
+"""`LinearSRModel`: what a checkpoint holds and what the samplers call.
+
+It bundles the codec, the config and K expert backbones (K = 1 is the plain model; K > 1 is the SNR-based
+mixture of experts, routed by a fixed rule on t). Calling it predicts the velocity at (x_t, t).
+
+Flow space. With `config.residual` (the default) the flow runs between noise and the *residual*
+codec(HR) - codec(up(LR)), where up() is bicubic upsampling of the LR input: the model only has to generate
+what bicubic is missing, which makes small CPU-trained models reach good fidelity far sooner. With
+`residual=False` it generates codec(HR) itself, as in the paper. Either way the LR image also enters
+through the stem. `encode_target` and `decode` are the only two places that know about this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import LinearSRBackbone
+from .codec import build_codec
+from .config import ModelConfig
+
+
+class LinearSRModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.codec = build_codec(config)
+        if self.codec.channels != config.latent_channels or self.codec.factor != config.codec_factor:
+            raise ValueError("codec shape does not match the config (latent_channels / codec_factor)")
+        self.experts = nn.ModuleList(LinearSRBackbone(config) for _ in range(config.num_experts))
+        self.register_buffer("boundaries", torch.tensor(config.expert_boundaries, dtype=torch.float64),
+                             persistent=False)
+        self.lean_device: torch.device | None = None  # see `set_lean`
+
+    # ---- routing -------------------------------------------------------------------------------------
+    def expert_index(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Expert k serves t in [b_{k-1}, b_k): a boundary value belongs to the expert above it."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.boundaries.device)
+        return torch.bucketize(t, self.boundaries, right=True)
+
+    def set_lean(self, device: torch.device | str | None) -> None:
+        """Memory-lean mode: experts rest on the CPU and only the one in use sits on `device`.
+        None switches it off (then the caller places the whole model)."""
+        self.lean_device = None if device is None else torch.device(device)
+        if self.lean_device is not None:
+            self.experts.to("cpu")
+
+    def _expert(self, k: int) -> nn.Module:
+        expert = self.experts[k]
+        if self.lean_device is not None and next(expert.parameters()).device != self.lean_device:
+            for other in self.experts:
+                if other is not expert:
+                    other.to("cpu")
+            expert.to(self.lean_device)
+        return expert
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, lr: torch.Tensor,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if len(self.experts) == 1:
+            return self._expert(0)(x, t, lr, context, context_mask)
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        idx = self.expert_index(t.detach().cpu())
+        if bool((idx == idx[0]).all()):  # sampling: one expert per step, one forward
+            return self._expert(int(idx[0]))(x, t, lr, context, context_mask)
+        out = torch.empty_like(x)  # training batch with mixed t: each sample goes to its own expert
+        for k in idx.unique().tolist():
+            sel = (idx == k).to(x.device)
+            ctx = None if context is None else context[sel]
+            mask = None if context_mask is None else context_mask[sel]
+            out[sel] = self._expert(k)(x[sel], t[sel], lr[sel], ctx, mask)
+        return out
+
+    # ---- images <-> flow space ----------------------------------------------------------------------
+    def upsample_lr(self, lr: torch.Tensor) -> torch.Tensor:
+        """Bicubic enlargement of the LR image (in [-1, 1]) to the HR size."""
+        return F.interpolate(lr, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+
+    def encode_target(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """The clean sample of the flow for an HR/LR pair (images in [-1, 1])."""
+        z = self.codec.encode(hr)
+        return z - self.codec.encode(self.upsample_lr(lr)) if self.config.residual else z
+
+    def decode(self, z: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """Flow-space sample -> HR image in [-1, 1] (not clamped)."""
+        if self.config.residual:
+            z = z + self.codec.encode(self.upsample_lr(lr))
+        return self.codec.decode(z)
+
+    def latent_shape(self, lr: torch.Tensor) -> tuple[int, int, int, int]:
+        b, _, h, w = lr.shape
+        f = self.config.codec_factor
+        H, W = h * self.config.scale, w * self.config.scale
+        if H % self.config.multiple or W % self.config.multiple:
+            raise ValueError(f"LR size {h}x{w} gives HR {H}x{W}, not a multiple of {self.config.multiple}; pad first")
+        return b, self.config.latent_channels, H // f, W // f
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "LinearSRModel":
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, path, dtype=dtype, overwrite=overwrite)

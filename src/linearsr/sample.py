@@ -1,0 +1,37 @@
+"""Sampling an HR image from a LinearSR model, given the LR image: noise -> flow ODE -> decode.
+
+Images are tensors in [-1, 1]. The initial noise is drawn on the CPU from a generator seeded by `seed`, so
+a seed gives the same noise, and with it the same output, on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .samplers import SAMPLERS, Callback
+from .schedule import sampling_timesteps
+
+
+def initial_noise(shape, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  ) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "euler", shift: float | None = None,
+                  seed: int = 0, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                  eta: float = 0.0, callback: Callback | None = None, velocity=None) -> torch.Tensor:
+    """LR (B, 3, h, w) in [-1, 1] -> HR (B, 3, h * scale, w * scale), unclamped.
+
+    `velocity` replaces `model` as the function the sampler calls (guidance and tiling wrappers); it gets
+    the same arguments as the model."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    param = next(model.parameters())
+    x = initial_noise(model.latent_shape(lr), seed, lr.device, param.dtype)
+    ts = sampling_timesteps(steps, model.config.shift if shift is None else shift)
+    extra = {"lr": lr.to(param.dtype), "context": context, "context_mask": context_mask}
+    kwargs = {"eta": eta, "generator": torch.Generator().manual_seed(seed + 1)} if sampler == "euler" else {}
+    z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback, **kwargs)
+    return model.decode(z, lr.to(param.dtype))

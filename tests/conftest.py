@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from linearsr.config import ModelConfig
+from linearsr.model import LinearSRModel
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """The smallest meaningful model: 1 block, width 16, pixel codec x4."""
+    base = dict(depth=1, width=16, heads=2, mlp_ratio=2.0, stem_channels=8, codec_factor=4, cond_dim=12)
+    return ModelConfig(**{**base, **overrides})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Fresh models output v = 0 (zero-initialised output layers); tests that compare outputs need weights
+    that actually do something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> LinearSRModel:
+    return randomize(LinearSRModel(tiny_config())).eval()
