@@ -110,7 +110,11 @@ def test_ffn_row_chunking_is_exact(tiny_model):
     assert torch.allclose(tiny_model(x, 0.5, lr), ref, atol=1e-6)
 
 
-def test_zero_init_predicts_zero_velocity():
-    model = LinearSRModel(tiny_config()).eval()
+def test_fresh_model_starts_at_zero_output():
+    # zero-initialised output layer: a velocity model predicts v = 0 ...
+    model = LinearSRModel(tiny_config(prediction="velocity")).eval()
     lr = torch.rand(1, 3, 8, 8) * 2 - 1
     assert (model(torch.randn(model.latent_shape(lr)), 0.5, lr) == 0).all()
+    # ... and a clean-prediction residual model predicts "no residual": one step gives exactly bicubic
+    model = LinearSRModel(tiny_config()).eval()
+    assert torch.allclose(super_resolve(model, lr, steps=1), model.upsample_lr(lr), atol=1e-6)

@@ -20,11 +20,11 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, heads=2, mlp_ratio=2.0, stem_channels=16),
     "small": dict(depth=6, width=192, heads=6, mlp_ratio=2.5, stem_channels=64),
     "base": dict(depth=12, width=512, heads=8, mlp_ratio=2.5, stem_channels=128),
-    "sana-600m": dict(
+    "sana-600m": dict(prediction="velocity", residual=False,
         depth=28, width=1152, heads=16, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
-    "sana-1600m": dict(
+    "sana-1600m": dict(prediction="velocity", residual=False,
         depth=20, width=2240, heads=20, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
@@ -52,7 +52,11 @@ class ModelConfig:
     latent_channels: int = 0  # 0 = derived (pixel codec: 3 * factor**2)
     codec_path: str | None = None  # local folder of the latent autoencoder
     stem_channels: int = 64  # width of the LR-image stem whose output is concatenated with the noisy input
-    residual: bool = True  # generate HR minus the upsampled LR (see pipeline docs) instead of HR itself
+    residual: bool = True  # generate HR minus the upsampled LR (see model.py) instead of HR itself
+    # What the network outputs: "clean" (x-prediction, converted to velocity; needed in pixel space where
+    # the latent is wider than the network, see model.py) or "velocity" (SANA's own parameterisation).
+    prediction: str = "clean"
+    min_one_minus_t: float = 0.05  # clamp of (1 - t) when converting a clean prediction to velocity
     # Flow-matching schedule (see schedule.py for the time convention)
     shift: float = 1.0
     # Mixture of experts: t-boundaries between experts; [] means one expert (the plain model)
@@ -76,6 +80,7 @@ class ModelConfig:
         need(self.width % self.cross_heads == 0, f"width {self.width} not divisible by cross_heads {self.cross_heads}")
         need(self.attention in ("linear", "softmax"), f"attention must be linear or softmax, not {self.attention!r}")
         need(self.scale in (2, 4), f"scale must be 2 or 4, not {self.scale}")
+        need(self.prediction in ("clean", "velocity"), f"prediction must be clean or velocity, not {self.prediction!r}")
         need(self.codec in ("pixel", "dcae"), f"codec must be pixel or dcae, not {self.codec!r}")
         need(self.codec_factor & (self.codec_factor - 1) == 0, "codec_factor must be a power of two")
         need(self.latent_channels > 0, "latent_channels must be set for a latent codec")

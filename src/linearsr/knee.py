@@ -51,9 +51,9 @@ class KneeConfig:
     min_points: int = 6                # fewer finite points -> phase "too_short"
     plateau_tolerance: float = 0.05    # gain over plateau_window below this x range => plateau
     plateau_window: int | None = None  # points judged for plateau; None -> max(osc. window, n//4)
-    plateau_z: float = 2.0             # standard errors of slack that noise gives to "rising"
+    plateau_z: float = 1.5             # standard errors of slack that noise gives to "rising"
     oscillation_window: int = 8        # centred window (points) for the oscillation measure
-    oscillation_threshold: float = 2.5  # residual scale / noise floor counted as oscillation
+    oscillation_threshold: float = 3.0  # residual scale / noise floor counted as oscillation
     min_sign_changes: int = 3          # sign flips of significant residuals within the window
     noise_floor: float | None = None   # residual std around the trend; None -> estimated
     noise_quantile: float = 0.1        # quantile of window scales that seeds the noise estimate
@@ -138,18 +138,17 @@ def _robust_sigma(r: np.ndarray) -> float:
     return math.sqrt(float(np.mean(kept ** 2))) / 0.7894  # sd of N(0,1) truncated at +-1.645
 
 
-def _runs(flags: np.ndarray, patience: int):
-    """Index of the first point of the first run of >= patience True flags, and its length."""
-    run = 0
-    for i, f in enumerate(flags):
-        run = run + 1 if f else 0
-        if run >= patience:
-            start = i - run + 1
-            end = start
-            while end < len(flags) and flags[end]:
-                end += 1
-            return start, end - start
-    return None, 0
+def _runs(flags: np.ndarray, patience: int) -> list[tuple[int, int]]:
+    """(start, length) of every run of at least ``patience`` consecutive True flags."""
+    out, start = [], None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            if i - start >= patience:
+                out.append((start, i - start))
+            start = None
+    return out
 
 
 def _score(strength: float, run: int, patience: int) -> float:
@@ -220,8 +219,9 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
     else:
         # Sigma-clipping (keep |d| < 2.5 sigma, rescale, repeat) from two starts: the median
         # |d| (fine unless oscillation fills half the run) and the quietest windows (a low
-        # quantile of window scales, from below it stops at the quiet points' noise). When the
-        # two disagree by more than 1.5x, oscillation dominates and the quiet answer is right.
+        # quantile of window scales, from below it stops at the quiet points' noise). The quiet
+        # answer wins only when it is 1.5x lower AND >= 40% of |d| lie beyond its clip: then
+        # oscillation fills the run. (Short pure-noise runs often disagree, rarely both ways.)
         inner = np.abs(d[1:-1])
 
         def clip(sig):
@@ -237,7 +237,7 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
 
         noise = clip(max(1.4826 * float(np.median(inner)), floor))
         quiet = clip(max(float(np.quantile(scale, cfg.noise_quantile)), floor))
-        if noise > 1.5 * quiet:
+        if noise > 1.5 * quiet and np.mean(inner > 2.5 * quiet) >= 0.4:
             noise = quiet
     flips = np.zeros(m, dtype=int)
     for i, (a, b) in enumerate(zip(lo, hi)):
@@ -245,36 +245,47 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
         flips[i] = int(np.count_nonzero(np.diff(sg)))
     ratio = scale / noise
     osc = (ratio >= cfg.oscillation_threshold) & (flips >= cfg.min_sign_changes) & progressed
-    o_start, o_run = _runs(osc, cfg.patience)
     best = np.maximum.accumulate(trend)
     drop = best - trend
     drop_thr = max(cfg.decline_tolerance * rng, cfg.decline_sigmas * noise)
     dec = drop > drop_thr
-    d_start, d_run = _runs(dec, cfg.patience)
-
     ev.update(smoothed=[_num(sign * t) for t in trend], oscillation=[_num(t) for t in ratio],
               sign_changes=flips.tolist(), drop=[_num(t) for t in drop],
               oscillating_points=osc.tolist(), declining_points=dec.tolist(),
               noise_floor=_num(noise), decline_threshold=_num(drop_thr), onset_index=None,
-              onset_step=None)
+              onset_step=None, ignored_onsets=[])
+
+    def recovered(onset):
+        # Training that still pays off after the "event" (the mean of the last points beats the
+        # best before it by the plateau tolerance) was a noise burst or a passing dip.
+        tail = y[max(onset, m - w):]
+        return float(tail.mean()) - float(trend[:onset + 1].max()) >= cfg.plateau_tolerance * rng
 
     events = []
-    if o_start is not None:
+    for o_start, o_run in _runs(osc, cfg.patience):
         # The centred window can flag a little early or late; the onset is the first big swing
-        # near the flag (big = over threshold and 35% of the early run's typical swing: a swing
+        # near the flag (big = over 2 sigma and 35% of the early run's typical swing: a swing
         # starting at checkpoint j+1 already shows weakly in d[j], which this skips).
-        early = np.abs(d[o_start:o_start + w])
-        big = max(cfg.oscillation_threshold * noise, 0.35 * float(np.quantile(early, 0.8)))
+        early = np.abs(d[max(1, o_start - w // 2):o_start + w // 2])
+        big = max(2.0 * noise, 0.35 * float(np.quantile(early, 0.8)))
         near = np.flatnonzero(np.abs(d[max(1, o_start - w // 2):o_start + o_run]) >= big)
         onset = max(1, o_start - w // 2) + int(near[0]) if near.size else o_start
+        if recovered(onset):
+            ev["ignored_onsets"].append(step_of[first_ok + onset])
+            continue
         strength = float(np.median(ratio[o_start:o_start + o_run])) / cfg.oscillation_threshold
         events.append((onset, max(onset - 1, 0), "oscillating", _score(strength, o_run,
                        cfg.patience), f"sustained oscillation ({strength:.1f}x threshold)"))
-    if d_start is not None:
+        break
+    for d_start, d_run in _runs(dec, cfg.patience):
+        if recovered(d_start):
+            ev["ignored_onsets"].append(step_of[first_ok + d_start])
+            continue
         peak = int(np.argmax(trend[:d_start + 1]))
         strength = float(drop[d_start:d_start + d_run].max()) / drop_thr
         events.append((d_start, peak, "declining", _score(strength, d_run, cfg.patience),
                        f"sustained decline below the best ({strength:.1f}x tolerance)"))
+        break
     if collapse is not None:
         events.append((m, int(np.argmax(trend)), "declining", 1.0,
                        f"the metric became non-finite at step {step_of[collapse]}"))

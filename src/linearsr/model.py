@@ -3,6 +3,14 @@
 It bundles the codec, the config and K expert backbones (K = 1 is the plain model; K > 1 is the SNR-based
 mixture of experts, routed by a fixed rule on t). Calling it predicts the velocity at (x_t, t).
 
+Clean prediction. In pixel space a token carries codec_factor^2 * 3 * patch^2 values (192 for the 8x pixel
+codec), as many as or more than the network's width. A velocity target contains the full noise, which must
+then pass through that bottleneck; a clean-image target lies near a low-dimensional manifold and does not
+(Li & He, "Back to Basics: Let Denoising Generative Models Denoise", 2025, make the same observation for
+pixel-space transformers with large patches). So by default the network predicts x_clean and `forward`
+converts it to the velocity; the loss is still the paper's velocity MSE. SANA latents (32 channels, width
+1152) have no such bottleneck and keep `prediction="velocity"`.
+
 Flow space. With `config.residual` (the default) the flow runs between noise and the *residual*
 codec(HR) - codec(up(LR)), where up() is bicubic upsampling of the LR input: the model only has to generate
 what bicubic is missing, which makes small CPU-trained models reach good fidelity far sooner. With
@@ -59,11 +67,20 @@ class LinearSRModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, lr: torch.Tensor,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if len(self.experts) == 1:
-            return self._expert(0)(x, t, lr, context, context_mask)
+        """The velocity at (x_t, t). With `prediction="clean"` the network's output is the clean sample and
+        v = (x_clean - x_t) / (1 - t), with 1 - t clamped below by `min_one_minus_t`."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        out = self._route(x, t, lr, context, context_mask)
+        if self.config.prediction == "velocity":
+            return out
+        one_minus_t = (1 - t).clamp_min(self.config.min_one_minus_t).view(-1, 1, 1, 1).to(out.dtype)
+        return (out - x) / one_minus_t
+
+    def _route(self, x, t, lr, context, context_mask) -> torch.Tensor:
+        if len(self.experts) == 1:
+            return self._expert(0)(x, t, lr, context, context_mask)
         idx = self.expert_index(t.detach().cpu())
         if bool((idx == idx[0]).all()):  # sampling: one expert per step, one forward
             return self._expert(int(idx[0]))(x, t, lr, context, context_mask)

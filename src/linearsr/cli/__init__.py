@@ -1,0 +1,57 @@
+"""The `linearsr` command. Each subcommand lives in its own module and imports torch and friends only
+when it runs, so `linearsr --help` is instant and optional extras are needed only by their commands.
+
+User errors (bad files, bad settings, missing models) print one line and exit with status 2; set
+LINEARSR_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+class FriendlyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (ValueError, OSError, RuntimeError) as e:
+            if os.environ.get("LINEARSR_DEBUG"):
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            click.echo(f"linearsr: error: {message}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=FriendlyGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linearsr")
+def main() -> None:
+    """LinearSR: generative image super-resolution with a linear-attention diffusion transformer."""
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("upscale", "train", "data", "info", "knee", "eval", "bench", "serve", "sana"):
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:  # a command module not written yet, never a missing dependency
+            if e.name != f"{__name__}.{name}":
+                raise
+            continue
+        for command in getattr(module, "COMMANDS", []):
+            main.add_command(command)
+
+
+_register()
