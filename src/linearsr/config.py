@@ -18,7 +18,7 @@ from typing import Any
 # 20 heads; both use an MLP ratio of 2.5 and work on 32-channel DC-AE latents with patch size 1).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, heads=2, mlp_ratio=2.0, stem_channels=16),
-    "small": dict(depth=6, width=192, heads=6, mlp_ratio=2.5, stem_channels=64),
+    "small": dict(depth=6, width=160, heads=5, mlp_ratio=2.5, stem_channels=64),
     "base": dict(depth=12, width=512, heads=8, mlp_ratio=2.5, stem_channels=128),
     "sana-600m": dict(prediction="velocity", residual=False,
         depth=28, width=1152, heads=16, mlp_ratio=2.5, stem_channels=256,

@@ -1,35 +1,39 @@
 """Automatic knee-point detection on validation curves, for early-stopping guided fine-tuning.
 
 LinearSR's ESGF recipe fine-tunes from the *knee*: the last checkpoint before the validation
-metrics start to oscillate or degrade. Later checkpoints fine-tune into NaNs; the knee is stable.
-This module finds that checkpoint from (step, metric) pairs. Pure numpy; matplotlib only in
-``plot_knee``.
+metrics start to oscillate or degrade (later checkpoints fine-tune into NaNs). This finds it
+from (step, metric) pairs. Pure numpy; matplotlib only inside ``plot_knee``.
 
-How a curve is read (all windows are counted in checkpoints, not training steps):
+The rules (windows count checkpoints, which are taken as roughly evenly spaced):
 
-1. The metric is flipped so that higher is better, then smoothed by a robust local-linear
-   regression (tricube weights, bisquare down-weighting of outliers scaled *per window*, so a
-   single bad evaluation cannot bend the trend). Local-linear rather than running-mean/EMA
-   because it has no lag at the end of the curve and does not flatten a rise.
-2. Residual = raw - smoothed. The *noise floor* is the residual scale (1.4826 x median |r|)
-   of the quietest windows (a low quantile over all windows), or ``config.noise_floor``.
-3. Oscillation: a point is oscillating when, in the centred window around it, the residual
-   scale is >= ``oscillation_threshold`` x the noise floor AND the significant residuals
-   (|r| > noise floor) change sign at least ``min_sign_changes`` times. A median is used so
-   one outlier does not count; the sign rule keeps a single rounded corner from counting.
-4. Decline: the smoothed curve sits more than max(``decline_tolerance`` x range, 2 x noise
-   floor) below its running best.
-5. An event is *sustained* after ``patience`` consecutive flagged points. The earliest sustained
-   event wins. Oscillation knee: the checkpoint before the first large residual of the run.
-   Decline knee: the best smoothed checkpoint before the decline starts (the peak).
-6. No event: if the last ``plateau_window`` points (least-squares line, plus one standard error,
-   so noise errs towards "still rising") still gain >= ``plateau_tolerance`` x range, the phase is
-   "rising" and no knee is reported, ever. Otherwise "plateau", and the knee is the first
-   checkpoint whose smoothed value is within ``plateau_tolerance`` x range of the best: from
-   there on training buys almost nothing, which is what a careful human picks. (Kneedle's
-   maximum-distance point was not used: on a long saturating curve it lands well before the
-   plateau, on an under-trained checkpoint.)
-7. A non-finite metric after finite ones (the NaN collapse) is a degradation at that step.
+1. Flip the metric so higher is better. Trend = robust local-linear regression (tricube
+   weights, bisquare outlier down-weighting scaled per window): no lag at the end of the curve,
+   unlike a running mean or EMA, and one bad evaluation cannot bend it.
+2. Swings are measured on d[i] = (y[i-1] - 2 y[i] + y[i+1]) / sqrt(6): on any locally straight
+   stretch its sd is exactly the noise sigma, it needs no smoother, it amplifies checkpoint-to-
+   checkpoint swings (x1.63 for an alternating +-a) and ignores slow waves (rule 5 sees those).
+   Noise = sigma-clipped |d|, or the quiet stretch before a clear variance change point when
+   oscillation fills most of the run, or ``noise_floor`` if given.
+3. Oscillating point: in the centred window, the scale of d (RMS without the largest value and
+   its neighbours - the footprint of one bad evaluation) is
+   >= ``oscillation_threshold`` x noise, the swings beyond 1 noise sigma flip sign at least
+   ``min_sign_changes`` times, and the trend has made ``min_progress`` of its range (a steep
+   early rise is not ESGF oscillation).
+4. Declining point: the trend is below its running best by > max(``decline_tolerance`` x
+   range, ``decline_sigmas`` x noise).
+5. ``patience`` consecutive flagged points make an event. An event after which the curve still
+   gains ``plateau_tolerance`` of its range was a noise burst or a passing dip and is ignored.
+   The earliest event wins. Oscillation knee: the checkpoint before the first big swing of the
+   chain leading into the run. Decline knee: the last checkpoint before the decline whose trend
+   is within one noise sigma of the running best (the peak, or a flat top's end). A
+   non-finite value after finite ones (the NaN collapse) is an event at that step; later
+   values are not read.
+6. No event: a least-squares line over the last ``plateau_window`` points that still gains
+   >= ``plateau_tolerance`` x range (with ``plateau_z`` standard errors of slack, so noise errs
+   towards "rising") means phase "rising": no knee, ever. Otherwise "plateau", knee = the first
+   checkpoint whose trend is within ``plateau_tolerance`` x range of the best - from there on
+   training buys almost nothing, which is what a careful human picks. (Kneedle's max-distance
+   point lands well before the plateau on a long saturating curve: an under-trained pick.)
 """
 from __future__ import annotations
 
@@ -44,111 +48,134 @@ PHASES = ("rising", "plateau", "oscillating", "declining", "too_short")
 
 @dataclass
 class KneeConfig:
-    """Every threshold of the detector. Defaults suit 20-200 evaluations with mild noise."""
+    """Every threshold of the detector; defaults suit 20-400 evaluations with mild noise."""
 
-    smoothing: int = 7                 # local-regression window (points); odd, >= 3
-    robust_iterations: int = 2         # bisquare re-weighting passes against outliers
+    smoothing: int = 7                 # trend: local-regression window (points), >= 3
+    robust_iterations: int = 2         # trend: bisquare re-weighting passes against outliers
     min_points: int = 6                # fewer finite points -> phase "too_short"
-    plateau_tolerance: float = 0.05    # gain over plateau_window below this x range => plateau
+    plateau_tolerance: float = 0.05    # recent gain below this x range => plateau (rule 6)
     plateau_window: int | None = None  # points judged for plateau; None -> max(osc. window, n//4)
     plateau_z: float = 1.5             # standard errors of slack that noise gives to "rising"
-    oscillation_window: int = 8        # centred window (points) for the oscillation measure
-    oscillation_threshold: float = 3.0  # residual scale / noise floor counted as oscillation
-    min_sign_changes: int = 3          # sign flips of significant residuals within the window
-    noise_floor: float | None = None   # residual std around the trend; None -> estimated
-    noise_quantile: float = 0.1        # quantile of window scales that seeds the noise estimate
-    min_noise_fraction: float = 0.002  # floor on the noise floor, x range (noise-free curves)
-    decline_tolerance: float = 0.05    # drop below running best, x range, counted as decline
+    oscillation_window: int = 8        # centred window (points) of the oscillation measure
+    oscillation_threshold: float = 3.0  # swing scale / noise that counts as oscillation
+    min_sign_changes: int = 3          # sign flips of the > 1-sigma swings within the window
+    noise_floor: float | None = None   # measurement noise sigma if known; None -> estimated
+    min_noise_fraction: float = 0.002  # lower bound of the noise, x range (noise-free curves)
+    decline_tolerance: float = 0.05    # drop below the running best, x range, = decline
     decline_sigmas: float = 3.0        # ...and at least this many noise sigmas
-    min_progress: float = 0.8          # events only count once the curve made this x its range
+    min_progress: float = 0.8          # oscillation counts once the trend made this x its range
     patience: int = 3                  # consecutive flagged points that make an event sustained
     stop_confidence: float = 0.5       # should_stop() needs at least this confidence
-    min_agree: int | None = None       # detect_knee_multi: metrics that must agree; None -> half
+    min_agree: int | None = None       # detect_knee_multi: metrics that must agree; None: half
+
+    def __post_init__(self):
+        if min(self.smoothing, self.oscillation_window) < 3 or self.patience < 1:
+            raise ValueError("smoothing and oscillation_window must be >= 3, patience >= 1")
 
 
 @dataclass
 class KneeResult:
     found: bool
-    step: int | None
-    index: int | None
-    phase: str
-    confidence: float
+    step: int | float | None  # the knee's checkpoint step, one of the input steps
+    index: int | None         # its position in the input arrays (that metric's, for multi)
+    phase: str                # rising | plateau | oscillating | declining | too_short
+    confidence: float         # 0..1: how clear the pattern is
     reason: str
-    evidence: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)  # JSON-serialisable
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _num(v):
-    """JSON-safe float (NaN/inf become None)."""
-    v = float(v)
-    return v if math.isfinite(v) else None
+def _num(v):  # JSON-safe float: NaN/inf become None
+    return float(v) if math.isfinite(float(v)) else None
 
 
 def _smooth(x: np.ndarray, y: np.ndarray, window: int, iterations: int) -> np.ndarray:
     """Robust local-linear regression on the ``window`` nearest checkpoints of each point."""
     n = len(y)
     k = min(max(3, window), n)
-    fit = y.copy()
-    robust = None
-    for it in range(iterations + 1):
-        prev, out = fit, np.empty(n)
+    fit = None
+    for _ in range(iterations + 1):
+        out = np.empty(n)
         for i in range(n):
-            lo = min(max(0, i - k // 2), n - k)  # shift at the ends to keep k points
-            sl = slice(lo, lo + k)
+            a = min(max(0, i - k // 2), n - k)  # shifted at the ends to keep k points
+            sl = slice(a, a + k)
             dx = x[sl] - x[i]
             dmax = np.abs(dx).max() * 1.25 or 1.0  # so the window's end points still count
             w = (1 - (np.abs(dx) / dmax) ** 3) ** 3
-            if robust is not None:  # bisquare, scaled by this window's own residual median
-                e = y[sl] - prev[sl]
+            if fit is not None:  # bisquare, scaled by this window's own residual median
+                e = y[sl] - fit[sl]
                 s = np.median(np.abs(e))
                 if s > 0:
-                    u = np.clip(e / (6 * s), -1, 1)
-                    w = w * (1 - u * u) ** 2
+                    w = w * (1 - np.clip(e / (6 * s), -1, 1) ** 2) ** 2
             sw = w.sum()
             if sw <= 1e-12:
                 w, sw = np.ones(k), float(k)
             xm, ym = (w * dx).sum() / sw, (w * y[sl]).sum() / sw
             var = (w * (dx - xm) ** 2).sum()
-            b = (w * (dx - xm) * (y[sl] - ym)).sum() / var if var > 1e-12 else 0.0
-            out[i] = ym - b * xm
+            out[i] = ym - xm * ((w * (dx - xm) * (y[sl] - ym)).sum() / var if var > 1e-12 else 0)
         fit = out
-        robust = True
-        if it >= iterations:
-            break
     return fit
 
 
 @lru_cache(maxsize=None)
-def _trim_bias(n: int) -> float:
-    """sqrt(E[mean of the n-1 smallest of n chi2_1]): what dropping the largest square costs."""
-    if n < 2:
-        return 1.0
-    x = np.linspace(0.0, 80.0, 16001)
+def _expected_max_chi2(n: int) -> float:
+    """E[max of n chi2_1 draws] = integral of 1 - F(x)^n."""
+    x = np.linspace(0.0, 80.0, 8001)
     cdf = np.array([math.erf(math.sqrt(v / 2)) for v in x])
-    e_max = float(np.sum(1.0 - cdf ** n) * (x[1] - x[0]))  # E[max] = integral of (1 - F^n)
-    return math.sqrt(max(n - e_max, 1e-6) / (n - 1))
+    return float(np.sum(1.0 - cdf ** n) * (x[1] - x[0]))
 
 
-def _robust_sigma(r: np.ndarray) -> float:
-    """Gaussian-consistent scale from the residuals up to their 90th percentile in |r|."""
-    a = np.abs(r)
-    kept = r[a <= np.quantile(a, 0.9)]
-    return math.sqrt(float(np.mean(kept ** 2))) / 0.7894  # sd of N(0,1) truncated at +-1.645
+def _window_scale(seg: np.ndarray) -> float:
+    """Sigma-consistent RMS of the swings in a window without the largest one and its two
+    neighbours: one bad evaluation disturbs exactly three second differences."""
+    sq = seg ** 2
+    n, j = len(sq), int(np.argmax(sq))
+    keep = np.ones(n, bool)
+    keep[max(0, j - 1):j + 2 if n >= 6 else j + 1] = False
+    r = n - int(keep.sum())
+    expect = (n - _expected_max_chi2(n) - (r - 1)) / (n - r)  # neighbours count as average
+    return math.sqrt(float(np.mean(sq[keep])) / max(expect, 1e-6))
+
+
+def _clip_sigma(a: np.ndarray, sig: float, floor: float) -> float:
+    """Gaussian sigma of |values| ``a`` by sigma-clipping: keep a < 2.5 sigma, rescale, repeat."""
+    sig = max(sig, floor)
+    for _ in range(100):
+        kept = a[a < 2.5 * sig]
+        if kept.size < 3:
+            break
+        new = max(math.sqrt(float(np.mean(kept ** 2))) / 0.9546, floor)  # N(0,1) cut at 2.5
+        if abs(new - sig) <= 1e-4 * sig:
+            break
+        sig = new
+    return sig
+
+
+def _quiet_sigma(a: np.ndarray, floor: float, min_len: int) -> float | None:
+    """Noise of the stretch before the likeliest rise in variance (two-segment Gaussian fit),
+    or None unless that stretch has >= min_len points, the rest >= 6x its variance, and >= 40%
+    of the rest beyond 2.5 sigma (a quiet stretch of plain noise fails the last test)."""
+    n = len(a)
+    cs = np.cumsum(a ** 2)
+    best, cut = np.inf, None
+    for t in range(max(3, min_len), n - 2):
+        v1, v2 = cs[t - 1] / t, (cs[-1] - cs[t - 1]) / (n - t)
+        if v2 >= 6 * v1 > 0:
+            ll = t * math.log(v1) + (n - t) * math.log(v2)
+            if ll < best:
+                best, cut = ll, t
+    if cut is None:
+        return None
+    sig = _clip_sigma(a[:cut], 1.4826 * float(np.median(a[:cut])), floor)
+    return sig if np.mean(a[cut:] > 2.5 * sig) >= 0.4 else None
 
 
 def _runs(flags: np.ndarray, patience: int) -> list[tuple[int, int]]:
     """(start, length) of every run of at least ``patience`` consecutive True flags."""
-    out, start = [], None
-    for i, f in enumerate(list(flags) + [False]):
-        if f and start is None:
-            start = i
-        elif not f and start is not None:
-            if i - start >= patience:
-                out.append((start, i - start))
-            start = None
-    return out
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags, int), [0]])))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2]) if b - a >= patience]
 
 
 def _score(strength: float, run: int, patience: int) -> float:
@@ -158,132 +185,111 @@ def _score(strength: float, run: int, patience: int) -> float:
     return float(np.clip(amp * persist, 0.0, 1.0))
 
 
+def _noise(d: np.ndarray, floor: float, min_points: int) -> float:
+    """Noise sigma from the swings d (rule 2). Sigma-clipping from the median is right unless
+    oscillation fills half the run; then a clear variance change point (a quiet stretch of >= a
+    quarter of the run, 1.5x quieter) decides."""
+    inner = np.abs(d[1:-1])
+    noise = _clip_sigma(inner, 1.4826 * float(np.median(inner)), floor)
+    quiet = _quiet_sigma(inner, floor, max(min_points, len(inner) // 4))
+    return quiet if quiet is not None and noise > 1.5 * quiet else noise
+
+
 def detect_knee(steps, values, *, higher_is_better: bool = True,
                 config: KneeConfig | None = None) -> KneeResult:
-    """Find the last checkpoint before sustained oscillation or degradation (see module doc)."""
+    """Find the last checkpoint before sustained oscillation or degradation (module rules)."""
     cfg = config or KneeConfig()
-    s = np.asarray(steps, dtype=float).ravel()
-    v = np.asarray(values, dtype=float).ravel()
+    s, v = np.asarray(steps, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
     if s.shape != v.shape:
         raise ValueError(f"steps ({s.size}) and values ({v.size}) differ in length")
     order = np.argsort(s, kind="stable")
     s, v = s[order], v[order]
     if np.any(np.diff(s) == 0):
         raise ValueError("steps must be distinct")
-    step_of = [int(x) if float(x).is_integer() else float(x) for x in s]
+    step_of = [int(a) if float(a).is_integer() else float(a) for a in s]
     sign = 1.0 if higher_is_better else -1.0
     finite = np.isfinite(v)
-    first_ok = int(np.argmax(finite)) if finite.any() else len(v)
-    bad = np.flatnonzero(~finite[first_ok:])
-    collapse = first_ok + int(bad[0]) if bad.size else None  # first NaN after finite values
-    n = collapse if collapse is not None else len(v)
-    x, y = s[first_ok:n], sign * v[first_ok:n]
+    first = int(np.argmax(finite)) if finite.any() else len(v)  # leading NaNs are skipped
+    bad = np.flatnonzero(~finite[first:])
+    collapse = first + int(bad[0]) if bad.size else None  # first NaN after a finite value
+    x, y = s[first:collapse], sign * v[first:collapse]
     m = len(y)
-    ev: dict = {"higher_is_better": higher_is_better, "steps": [_num(a) for a in s],
-                "thresholds": asdict(cfg), "collapse_step": None if collapse is None
-                else step_of[collapse], "offset": first_ok}
+    ev: dict = {"higher_is_better": higher_is_better, "steps": [float(a) for a in s],
+                "offset": first, "thresholds": asdict(cfg), "onset_index": None,
+                "onset_step": None, "collapse_step": None if collapse is None else
+                step_of[collapse]}
 
-    def result(found, idx, phase, conf, reason):
-        idx = None if idx is None else int(idx)
-        return KneeResult(found, step_of[idx] if idx is not None else None, idx, phase,
-                          float(conf), reason, ev)
+    def result(found, k, phase, conf, reason):  # k indexes the finite stretch
+        k = None if k is None else first + int(k)
+        return KneeResult(found, None if k is None else step_of[k],
+                          None if k is None else int(order[k]), phase, float(conf), reason, ev)
 
     if m < cfg.min_points:
         if collapse is not None and m > 0:
-            k = first_ok + int(np.argmax(y))
-            return result(True, k, "declining", 1.0, f"The metric became non-finite at step "
-                          f"{step_of[collapse]}; the best earlier checkpoint is the knee.")
+            return result(True, int(np.argmax(y)), "declining", 1.0, f"The metric became "
+                          f"non-finite at step {step_of[collapse]}; the best before is the knee.")
         return result(False, None, "too_short", 0.0,
                       f"Only {m} finite points; at least {cfg.min_points} are needed.")
 
     trend = _smooth(x, y, cfg.smoothing, cfg.robust_iterations)
     rng = max(float(trend.max() - trend.min()), 1e-12)
-    # Pseudo-residuals (y[i-1] - 2 y[i] + y[i+1]) / sqrt(6): exactly the noise sigma on any
-    # locally straight stretch, independent of the smoother, and they amplify checkpoint-to-
-    # checkpoint swings (x1.63 for an alternating +-a) while ignoring slow waves, which the
-    # decline rule handles. Checkpoints are taken as evenly spaced here.
+    floor = max(cfg.min_noise_fraction * rng, 1e-12)
     d = np.zeros(m)
     d[1:-1] = (y[:-2] - 2 * y[1:-1] + y[2:]) / math.sqrt(6.0)
+    noise = (_noise(d, floor, cfg.min_points) if cfg.noise_floor is None
+             else max(float(cfg.noise_floor), floor))
     w = max(3, min(cfg.oscillation_window, m - 2))
     lo = np.clip(np.arange(m) - w // 2, 1, max(1, m - 1 - w))
     hi = np.minimum(lo + w, m - 1)
-    # Scale per centred window: RMS without the window's largest value (one bad evaluation
-    # cannot make a window look oscillating), rescaled to a Gaussian sigma.
-    scale = np.array([math.sqrt(float(np.mean(np.sort(d[a:b] ** 2)[:-1]))) / _trim_bias(b - a)
-                      for a, b in zip(lo, hi)])
-    # Early in training a steep, curved rise leaves big residuals; that is not ESGF oscillation.
-    progressed = trend - trend.min() >= cfg.min_progress * rng
-    floor = max(cfg.min_noise_fraction * rng, 1e-12)
-    if cfg.noise_floor is not None:
-        noise = max(float(cfg.noise_floor), floor)
-    else:
-        # Sigma-clipping (keep |d| < 2.5 sigma, rescale, repeat) from two starts: the median
-        # |d| (fine unless oscillation fills half the run) and the quietest windows (a low
-        # quantile of window scales, from below it stops at the quiet points' noise). The quiet
-        # answer wins only when it is 1.5x lower AND >= 40% of |d| lie beyond its clip: then
-        # oscillation fills the run. (Short pure-noise runs often disagree, rarely both ways.)
-        inner = np.abs(d[1:-1])
-
-        def clip(sig):
-            for _ in range(100):
-                kept = inner[inner < 2.5 * sig]
-                if kept.size < 3:
-                    break
-                new = max(math.sqrt(float(np.mean(kept ** 2))) / 0.9546, floor)  # N(0,1) at 2.5
-                if abs(new - sig) <= 1e-4 * sig:
-                    break
-                sig = new
-            return sig
-
-        noise = clip(max(1.4826 * float(np.median(inner)), floor))
-        quiet = clip(max(float(np.quantile(scale, cfg.noise_quantile)), floor))
-        if noise > 1.5 * quiet and np.mean(inner > 2.5 * quiet) >= 0.4:
-            noise = quiet
-    flips = np.zeros(m, dtype=int)
-    for i, (a, b) in enumerate(zip(lo, hi)):
-        sg = np.sign(d[a:b][np.abs(d[a:b]) > noise])
-        flips[i] = int(np.count_nonzero(np.diff(sg)))
+    scale = np.array([_window_scale(d[a:b]) for a, b in zip(lo, hi)])
     ratio = scale / noise
+    flips = np.array([np.count_nonzero(np.diff(np.sign(d[a:b][np.abs(d[a:b]) > noise])))
+                      for a, b in zip(lo, hi)], dtype=int)
+    progressed = trend - trend.min() >= cfg.min_progress * rng
     osc = (ratio >= cfg.oscillation_threshold) & (flips >= cfg.min_sign_changes) & progressed
-    best = np.maximum.accumulate(trend)
-    drop = best - trend
+    drop = np.maximum.accumulate(trend) - trend
     drop_thr = max(cfg.decline_tolerance * rng, cfg.decline_sigmas * noise)
     dec = drop > drop_thr
     ev.update(smoothed=[_num(sign * t) for t in trend], oscillation=[_num(t) for t in ratio],
               sign_changes=flips.tolist(), drop=[_num(t) for t in drop],
               oscillating_points=osc.tolist(), declining_points=dec.tolist(),
-              noise_floor=_num(noise), decline_threshold=_num(drop_thr), onset_index=None,
-              onset_step=None, ignored_onsets=[])
+              noise_floor=_num(noise), decline_threshold=_num(drop_thr), ignored_onsets=[])
 
-    def recovered(onset):
-        # Training that still pays off after the "event" (the mean of the last points beats the
-        # best before it by the plateau tolerance) was a noise burst or a passing dip.
-        tail = y[max(onset, m - w):]
-        return float(tail.mean()) - float(trend[:onset + 1].max()) >= cfg.plateau_tolerance * rng
+    def recovered(i):  # the mean of the last points beats the best up to i by the tolerance
+        tail = y[max(i, m - w):]
+        return float(tail.mean()) - float(trend[:i + 1].max()) >= cfg.plateau_tolerance * rng
 
     events = []
-    for o_start, o_run in _runs(osc, cfg.patience):
-        # The centred window can flag a little early or late; the onset is the first big swing
-        # near the flag (big = over 2 sigma and 35% of the early run's typical swing: a swing
-        # starting at checkpoint j+1 already shows weakly in d[j], which this skips).
-        early = np.abs(d[max(1, o_start - w // 2):o_start + w // 2])
-        big = max(2.0 * noise, 0.35 * float(np.quantile(early, 0.8)))
-        near = np.flatnonzero(np.abs(d[max(1, o_start - w // 2):o_start + o_run]) >= big)
-        onset = max(1, o_start - w // 2) + int(near[0]) if near.size else o_start
-        if recovered(onset):
-            ev["ignored_onsets"].append(step_of[first_ok + onset])
+    for start, run in _runs(osc, cfg.patience):
+        if recovered(start):
+            ev["ignored_onsets"].append(step_of[first + start])
             continue
-        strength = float(np.median(ratio[o_start:o_start + o_run])) / cfg.oscillation_threshold
-        events.append((onset, max(onset - 1, 0), "oscillating", _score(strength, o_run,
-                       cfg.patience), f"sustained oscillation ({strength:.1f}x threshold)"))
+        # The centred window flags a little early or late. The onset is the start of the chain
+        # of big swings (> 1.5 sigma and a quarter of the early run's swings) leading into the
+        # run, one quiet point allowed between links (a period-4 wave has them); walking back
+        # link by link keeps an earlier kink or lone spike out. d[t] may already feel a swing
+        # at t+1 (weakly; the quarter bar mostly skips it), so the knee t-1 errs early.
+        big = np.abs(d) >= max(1.5 * noise, 0.25 * float(np.quantile(
+            np.abs(d[start:start + max(2, w // 2)]), 0.8)))
+        big[:max(1, int(np.argmax(progressed)))] = False
+        hits = np.flatnonzero(big[start:start + run])
+        onset = start + int(hits[0]) if hits.size else start
+        while onset >= 2 and (big[onset - 2] or big[onset - 1]):
+            onset -= 2 if big[onset - 2] else 1
+        strength = float(np.median(ratio[start:start + run])) / cfg.oscillation_threshold
+        events.append((onset, max(onset - 1, 0), "oscillating", _score(strength, run, cfg.patience),
+                       f"sustained oscillation ({strength:.1f}x threshold)"))
         break
-    for d_start, d_run in _runs(dec, cfg.patience):
-        if recovered(d_start):
-            ev["ignored_onsets"].append(step_of[first_ok + d_start])
+    for start, run in _runs(dec, cfg.patience):
+        if recovered(start):
+            ev["ignored_onsets"].append(step_of[first + start])
             continue
-        peak = int(np.argmax(trend[:d_start + 1]))
-        strength = float(drop[d_start:d_start + d_run].max()) / drop_thr
-        events.append((d_start, peak, "declining", _score(strength, d_run, cfg.patience),
+        strength = float(drop[start:start + run].max()) / drop_thr
+        # Knee: the last checkpoint still within one noise sigma of the running best - the
+        # peak of a sharp turn, the end of the plateau for a flat top (not its noisy argmax).
+        knee = int(np.flatnonzero(drop[:start + 1] <= noise)[-1])
+        events.append((start, knee, "declining",
+                       _score(strength, run, cfg.patience),
                        f"sustained decline below the best ({strength:.1f}x tolerance)"))
         break
     if collapse is not None:
@@ -291,129 +297,114 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
                        f"the metric became non-finite at step {step_of[collapse]}"))
     if events:
         onset, knee, phase, conf, why = min(events, key=lambda e: (e[0], e[1]))
-        ev.update(onset_index=first_ok + onset, onset_step=step_of[first_ok + min(onset, m - 1)]
-                  if onset < m else step_of[collapse])
-        k = first_ok + knee
-        return result(True, k, phase, conf, f"Knee at step {step_of[k]}: {why} begins at step "
-                      f"{ev['onset_step']}.")
+        ev.update(onset_index=int(order[first + onset]), onset_step=step_of[first + onset])
+        return result(True, knee, phase, conf, f"Knee at step {step_of[first + knee]}: {why} "
+                      f"begins at step {ev['onset_step']}.")
 
     pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 4), 3))
     xs, ys = x[-pw:] - x[-pw:].mean(), y[-pw:]
     sxx = float((xs ** 2).sum())
     slope = float((xs * (ys - ys.mean())).sum() / sxx)
-    resid = ys - ys.mean() - slope * xs
-    se = math.sqrt(float((resid ** 2).sum()) / max(pw - 2, 1) / sxx)
-    span = float(x[-1] - x[-pw])
-    gain, gain_se = slope * span / rng, se * span / rng
-    ev.update(recent_gain=_num(gain), recent_gain_se=_num(gain_se), plateau_window=pw)
-    if gain + cfg.plateau_z * gain_se >= cfg.plateau_tolerance:
-        conf = float(np.clip(gain / (2 * cfg.plateau_tolerance), 0.0, 1.0))
-        return result(False, None, "rising", conf, f"Still improving: the last {pw} points "
-                      f"gain {100 * gain:.1f}% of the range (plateau below "
-                      f"{100 * cfg.plateau_tolerance:.0f}%).")
+    se = math.sqrt(float(((ys - ys.mean() - slope * xs) ** 2).sum()) / max(pw - 2, 1) / sxx)
+    span = float(x[-1] - x[-pw]) / rng
+    gain, slack = slope * span, cfg.plateau_z * se * span
+    ev.update(recent_gain=_num(gain), recent_gain_slack=_num(slack), plateau_window=pw)
+    if gain + slack >= cfg.plateau_tolerance:
+        return result(False, None, "rising", min(1.0, max(gain, 0) / (2 * cfg.plateau_tolerance)),
+                      f"Still improving: the last {pw} points gain {100 * gain:.1f}% of the "
+                      f"range (plateau below {100 * cfg.plateau_tolerance:.0f}%).")
     reach = int(np.flatnonzero(trend >= trend.max() - cfg.plateau_tolerance * rng)[0])
-    flat = 1.0 - max(gain + cfg.plateau_z * gain_se, 0.0) / cfg.plateau_tolerance
-    conf = float(np.clip(flat * min(1.0, (m - 1 - reach) / (2.0 * cfg.patience)), 0.0, 1.0))
-    ev.update(onset_index=first_ok + reach, onset_step=step_of[first_ok + reach])
-    k = first_ok + reach
-    return result(True, k, "plateau", conf, f"Plateau without oscillation: the curve is within "
-                  f"{100 * cfg.plateau_tolerance:.0f}% of its best from step {step_of[k]}.")
+    flat = 1.0 - max(gain + slack, 0.0) / cfg.plateau_tolerance
+    ev.update(onset_index=int(order[first + reach]), onset_step=step_of[first + reach])
+    return result(True, reach, "plateau", flat * min(1.0, (m - 1 - reach) / (2 * cfg.patience)),
+                  f"Plateau without oscillation: within {100 * cfg.plateau_tolerance:.0f}% of "
+                  f"the best from step {step_of[first + reach]} on.")
 
 
 def detect_knee_multi(curves: dict, config: KneeConfig | None = None) -> KneeResult:
-    """Combine metrics: ``curves = {name: (steps, values, higher_is_better)}``.
+    """Combine metrics, ``curves = {name: (steps, values, higher_is_better)}``.
 
-    Rule: sort the metrics' sustained event onsets (oscillation/decline) by step; the combined
-    onset is the earliest step by which ``min_agree`` metrics (default: half, rounded up) have
-    an event. The knee is the earliest knee among those metrics - the safer checkpoint. With no
-    agreed event: any metric still rising -> "rising" (no knee); any too short -> "too_short";
-    otherwise "plateau" with the knee at the latest plateau onset (when all have flattened).
+    Rule: order the metrics' sustained onsets (oscillation or decline) by step; the combined
+    onset is the earliest step by which ``min_agree`` metrics (default: half, rounded up, so
+    either of two) have one, and the knee is the earliest knee among those metrics - the safe
+    side. With no agreed event: any metric still rising -> "rising", no knee; any too short ->
+    "too_short"; else "plateau", knee at the latest plateau knee (all have flattened by then).
     """
     cfg = config or KneeConfig()
     if not curves:
         raise ValueError("no curves given")
-    res = {name: detect_knee(st, va, higher_is_better=hib, config=cfg)
-           for name, (st, va, hib) in curves.items()}
+    res = {k: detect_knee(st, va, higher_is_better=hib, config=cfg)
+           for k, (st, va, hib) in curves.items()}
     need = cfg.min_agree or math.ceil(len(res) / 2)
-    ev = {"rule": f"earliest onset by which {need} of {len(res)} metrics oscillate or decline",
-          "min_agree": need, "metrics": {k: dict(r.evidence, phase=r.phase, step=r.step,
-                                                 confidence=r.confidence, reason=r.reason)
-                                         for k, r in res.items()}}
+    ev = {"rule": f"earliest onset by which {need} of {len(res)} metrics oscillate or decline;"
+                  " knee = earliest knee among them", "min_agree": need,
+          "metrics": {k: dict(r.evidence, phase=r.phase, step=r.step, found=r.found,
+                              confidence=r.confidence, reason=r.reason) for k, r in res.items()}}
     hits = sorted((r.evidence["onset_step"], k) for k, r in res.items()
                   if r.found and r.phase in ("oscillating", "declining"))
     if len(hits) >= need:
         agreed = [res[k] for _, k in hits[:need]]
-        knee = min(agreed, key=lambda r: r.step)
-        names = ", ".join(k for _, k in hits[:need])
-        conf = float(np.mean([r.confidence for r in agreed]))
-        return KneeResult(True, knee.step, knee.index, knee.phase, conf,
-                          f"Knee at step {knee.step}: {names} agree on a sustained "
-                          f"{knee.phase} onset by step {hits[need - 1][0]}.", ev)
+        kn = min(agreed, key=lambda r: r.step)
+        return KneeResult(True, kn.step, kn.index, kn.phase,
+                          float(np.mean([r.confidence for r in agreed])),
+                          f"Knee at step {kn.step}: {', '.join(k for _, k in hits[:need])} "
+                          f"show sustained trouble by step {hits[need - 1][0]}.", ev)
     for phase in ("rising", "too_short"):
-        late = [k for k, r in res.items() if r.phase == phase]
-        if late:
-            return KneeResult(False, None, None, phase, min(res[k].confidence for k in late),
-                              f"No knee: {', '.join(late)} {'is' if len(late) == 1 else 'are'} "
-                              f"{'still rising' if phase == 'rising' else 'too short'}.", ev)
+        names = [k for k, r in res.items() if r.phase == phase]
+        if names:
+            return KneeResult(False, None, None, phase, min(res[k].confidence for k in names),
+                              f"No knee: {', '.join(names)} {phase.replace('_', ' ')}.", ev)
     plats = [r for r in res.values() if r.phase == "plateau"]
-    if not plats:  # events exist but too few metrics agree
-        return KneeResult(False, None, None, "plateau", 0.0, f"Only {len(hits)} metric(s) "
-                          f"show an event; {need} must agree.", ev)
-    knee = max(plats, key=lambda r: r.step)
-    return KneeResult(True, knee.step, knee.index, "plateau",
-                      float(min(r.confidence for r in plats)),
-                      f"All metrics have plateaued by step {knee.step}.", ev)
+    if not plats:
+        return KneeResult(False, None, None, "plateau", 0.0, f"No knee: {len(hits)} metric(s) "
+                          f"show an event, {need} must agree.", ev)
+    kn = max(plats, key=lambda r: r.step)
+    return KneeResult(True, kn.step, kn.index, "plateau", min(r.confidence for r in plats),
+                      f"All metrics have plateaued by step {kn.step}.", ev)
 
 
 def should_stop(result: KneeResult, config: KneeConfig | None = None) -> bool:
-    """True when training should stop: a found oscillation/decline knee, confident enough.
-
-    Patience is already built into ``found`` (an event needs ``patience`` flagged points).
-    """
+    """Stop training: a found oscillation/decline knee with confidence >= ``stop_confidence``.
+    Patience is already inside ``found`` (an event needs ``patience`` flagged points)."""
     cfg = config or KneeConfig()
     return bool(result.found and result.phase in ("oscillating", "declining")
                 and result.confidence >= cfg.stop_confidence)
 
 
 def plot_knee(curves: dict, result: KneeResult, path) -> None:
-    """PNG: per metric, raw and smoothed curve; bottom, the oscillation measure; knee marked.
-
-    ``curves`` as for :func:`detect_knee_multi`; ``result`` from either detector.
-    """
+    """Write a PNG: per metric raw + smoothed curve, then the oscillation measure; the knee is
+    a vertical line with its step in the legend. ``curves`` as for ``detect_knee_multi``; a
+    ``detect_knee`` result goes with a single curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per = result.evidence.get("metrics")
     if per is None:
+        if len(curves) != 1:
+            raise ValueError("a single-metric result needs exactly one curve")
         per = {name: result.evidence for name in curves}
-    names = list(curves)
-    fig, axes = plt.subplots(len(names) + 1, 1, sharex=True,
-                             figsize=(8, 2.4 * (len(names) + 1)), squeeze=False)
+    fig, axes = plt.subplots(len(curves) + 1, 1, sharex=True, squeeze=False,
+                             figsize=(8, 2.2 * (len(curves) + 1)))
     axes = axes[:, 0]
-    knee_label = f"knee @ step {result.step}" if result.found else f"no knee ({result.phase})"
-    for ax, name in zip(axes, names):
-        st, va, hib = curves[name]
+    label = f"knee @ step {result.step}" if result.found else f"no knee ({result.phase})"
+    for ax, (name, (st, va, hib)) in zip(axes, curves.items()):
         e = per.get(name, {})
-        ax.plot(st, va, "o", ms=3, alpha=0.6, label=f"{name} raw ({'higher' if hib else 'lower'}"
-                f" is better)")
-        sm = e.get("smoothed")
-        if sm:
-            xs = e["steps"][e.get("offset", 0):][:len(sm)]
-            ax.plot(xs, sm, "-", lw=1.8, label=f"{name} smoothed")
-            osc = e.get("oscillation") or []
-            axes[-1].plot(xs[:len(osc)], osc, "-", label=f"{name} oscillation")
+        ax.plot(st, va, "o", ms=3, alpha=0.5, label=f"{name} ({'higher' if hib else 'lower'} "
+                "is better)")
+        if e.get("smoothed"):
+            xs = e["steps"][e["offset"]:e["offset"] + len(e["smoothed"])]
+            ax.plot(xs, e["smoothed"], "-", lw=1.8, label=f"{name} smoothed")
+            axes[-1].plot(xs, e["oscillation"], "-", label=name)
         ax.set_ylabel(name)
-    thr = result.evidence.get("thresholds") or next(iter(per.values()), {}).get("thresholds")
-    if thr:
-        axes[-1].axhline(thr["oscillation_threshold"], color="grey", ls=":", label="threshold")
-    axes[-1].set_ylabel("residual / noise")
-    axes[-1].set_xlabel("step")
+    thr = next(iter(per.values()))["thresholds"]["oscillation_threshold"]
+    axes[-1].axhline(thr, color="grey", ls=":", label="threshold")
+    axes[-1].set(ylabel="swing / noise", xlabel="step")
     for ax in axes:
         if result.found:
-            ax.axvline(result.step, color="red", ls="--", label=knee_label)
+            ax.axvline(result.step, color="red", ls="--", label=label)
         ax.legend(fontsize=7, loc="best")
-    axes[0].set_title(f"{result.phase}: {knee_label} (confidence {result.confidence:.2f})")
+    axes[0].set_title(f"{result.phase}: {label} (confidence {result.confidence:.2f})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

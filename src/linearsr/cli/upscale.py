@@ -1,0 +1,252 @@
+"""`linearsr upscale INPUT… [-o OUT]`: upscale files, folders (recursive) and globs.
+
+Batch behaviour: a bad input (corrupt, truncated, empty, not an image) prints one line naming the file and
+the reason, and the batch goes on; at the end a summary ("3 upscaled, 1 failed") and a non-zero exit if
+anything failed. Outputs are written atomically; an existing output is never replaced without --overwrite
+and the input itself never is. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
+rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from . import CONTEXT
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
+
+
+class _AutoOrInt(click.ParamType):
+    """'auto', optionally 'off', or a whole number of pixels >= `minimum`."""
+
+    name = "auto|PIXELS"
+
+    def __init__(self, words: tuple[str, ...], minimum: int) -> None:
+        self.words, self.minimum = words, minimum
+        self.name = "|".join(words) + "|PIXELS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value in self.words:
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not {', '.join(self.words)} or a whole number of pixels", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{number} is below the minimum of {self.minimum} pixels", param, ctx)
+        return number
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; an initialised process group wins if there is one."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def _looks_like_output(path: Path, suffix: str) -> bool:
+    """NAME{suffix}.ext next to a NAME.* image: an output of an earlier (or concurrent) run, skipped in
+    folder walks so reruns do not upscale their own results and all ranks see the same list."""
+    stem = path.stem
+    if not stem.endswith(suffix):
+        return False
+    base = stem[: -len(suffix)]
+    return any((path.parent / f"{base}{s}").exists() for s in IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES})
+
+
+def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
+    """(file, folder it was found under or None) for every input, deduplicated, sorted by path.
+
+    Folders are walked recursively for image files (hidden files, our outputs and anything inside the
+    `exclude` folder skipped); globs are expanded (** allowed); a named file is always attempted, so a
+    missing or non-image file still gets its one error line."""
+    found: dict[Path, tuple[Path, Path | None]] = {}
+    excluded = exclude.resolve() if exclude is not None else None
+
+    def walk(folder: Path) -> None:
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(folder)
+            if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts)
+                    and not _looks_like_output(f, suffix)
+                    and not (excluded is not None and excluded in f.resolve().parents)):
+                found.setdefault(f.resolve(), (f, folder))
+
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            walk(p)
+        elif p.exists() or not glob.has_magic(arg):
+            found.setdefault(p.resolve(), (p, None))
+        else:
+            for match in sorted(glob.glob(arg, recursive=True)):
+                m = Path(match)
+                walk(m) if m.is_dir() else found.setdefault(m.resolve(), (m, None))
+    return sorted(found.values(), key=lambda item: str(item[0]))
+
+
+def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
+    if long_side is not None:
+        return f"_{long_side}px"
+    return f"_x{(scale if scale is not None else native):g}"
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", "output", default=None,
+              help="Output file (one input) or folder (several inputs, or a path ending in /). "
+                   "Default: next to each input as NAME_x4.png.", show_default="next to the input")
+@click.option("--model", default="default", metavar="NAME|PATH", help="Bundled model name or model folder.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Overall enlargement, any factor (e.g. 3 or 2.5).", show_default="the model's native factor")
+@click.option("--long-side", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Make the longer output side N pixels (instead of --scale).", show_default="not set")
+@click.option("--preset", type=click.Choice(["fidelity", "realism"]), default=None,
+              help="fidelity: 1 step, no guidance, close to the input; realism: more steps, guidance, detail.",
+              show_default="none: steps 4, guidance 1, wavelet colour fix")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps per pass.",
+              show_default="from the preset, else 4")
+@click.option("--guidance", type=float, default=None, help="Tag guidance scale (1 = none; needs --tags).",
+              show_default="from the preset, else 1")
+@click.option("--tags", default=None, help='Comma-separated object tags, e.g. "cat, grass".', show_default="none")
+@click.option("--seed", type=int, default=0, help="Random seed; the same seed gives the same output.")
+@click.option("--color-fix", type=click.Choice(["wavelet", "adain", "none"]), default=None,
+              help="Pull colours back to the input's.", show_default="from the preset, else wavelet")
+@click.option("--tile", type=_AutoOrInt(("auto", "off"), 16), default="auto",
+              help="Tile side in output pixels, auto (tiles only when memory requires), or off.")
+@click.option("--overlap", type=_AutoOrInt(("auto",), 0), default="auto",
+              help="Tile overlap in output pixels (auto = a quarter of the tile).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+              help="auto = cuda, else mps, else cpu.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              help="Autocast precision of the model's forward pass.")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
+              help="Output format; same = the input's (png if that cannot be written).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never the input itself).",
+              show_default="off")
+@click.option("--save-meta", is_flag=True, help="Write the settings used into the output's PNG text metadata.",
+              show_default="off")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=64_000_000, metavar="N",  # imageio.DEFAULT_MAX_PIXELS
+              help="Refuse inputs with more pixels than this (decompression-bomb guard; 0 = no limit).")
+@click.option("--quiet", is_flag=True, help="No progress output (failures and their summary still print).",
+              show_default="off")
+def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, tags, seed, color_fix, tile,
+            overlap, device, precision, fmt, overwrite, save_meta, max_pixels, quiet) -> None:
+    """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
+    if scale is not None and long_side is not None:
+        raise click.UsageError("--scale and --long-side are mutually exclusive")
+    from .. import __version__, imageio
+    from ..checkpoint import load_config, resolve_model_path
+    from ..pipeline import LinearSR, parse_tags, resolve_device, resolve_settings
+
+    settings = resolve_settings(preset, steps=steps, guidance=guidance, color_fix=color_fix)
+    config = load_config(model)  # fails fast (one line) before any file is touched
+    suffix = _suffix(scale, long_side, config.scale)
+    out_path = Path(output) if output else None
+    files = collect_inputs(inputs, suffix, exclude=out_path if out_path and out_path.is_dir() else None)
+    if not files:
+        raise click.UsageError("no input images found")
+    as_folder = out_path is not None and (len(files) > 1 or out_path.is_dir() or output.endswith(("/", os.sep))
+                                          or any(root is not None for _, root in files))
+    if out_path is not None and as_folder and out_path.is_file():
+        raise click.UsageError(f"-o {output}: several inputs need an output folder, and this is a file")
+
+    rank, world = _rank_world()
+    mine = files[rank::world]
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
+    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision)
+    tty = sys.stderr.isatty() and rank == 0
+    bars, lines = not quiet and tty, not quiet and not tty
+    tag = f"[rank {rank}] " if world > 1 else ""
+
+    from tqdm import tqdm
+
+    done, failed = 0, 0
+    file_bar = tqdm(total=len(mine), unit="img", disable=not bars, file=sys.stderr, dynamic_ncols=True)
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, *a, **k: click.echo(f"linearsr: warning: {msg}", err=True)
+        for path, root in mine:
+            start = time.perf_counter()
+            try:
+                dest = _destination(path, root, out_path, as_folder, suffix, fmt, imageio)
+                if dest.exists() and not overwrite:
+                    raise imageio.ImageError(str(dest), "output exists; pass --overwrite to replace it")
+                loaded = imageio.load_image(path, max_pixels=max_pixels or None)
+                step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
+                                desc=path.name, dynamic_ncols=True)
+
+                def progress(n: int, total: int, bar=step_bar) -> None:
+                    bar.total = total
+                    bar.update(n - bar.n)
+
+                try:
+                    rgb, alpha = pipe.enhance_arrays(
+                        loaded.rgb, loaded.alpha, scale=scale, long_side=long_side, preset=preset, steps=steps,
+                        guidance=guidance, tags=tags, seed=seed, color_fix=color_fix, tile=tile,
+                        overlap=None if overlap == "auto" else overlap, progress=progress)
+                finally:
+                    step_bar.close()
+                image = imageio.to_output_pil(rgb, alpha, like=loaded)
+                meta = None
+                if save_meta:
+                    meta = {"Software": f"linearsr {__version__}", "linearsr": json.dumps(dict(
+                        model=str(model), preset=preset, steps=int(settings["steps"]), seed=seed,
+                        tags=parse_tags(tags), guidance=float(settings["guidance"]), eta=float(settings["eta"]),
+                        color_fix=settings["color_fix"], scale=scale, long_side=long_side,
+                        size=list(image.size), passes=pipe.last_run.get("passes")), sort_keys=True)}
+                imageio.save_image(image, dest, overwrite=overwrite, metadata=meta)
+            except (imageio.ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
+                failed += 1
+                reason = " ".join(str(e).split()) or type(e).__name__
+                line = reason if isinstance(e, imageio.ImageError) else f"{path}: {reason}"
+                (file_bar.write if bars else lambda s: click.echo(s, err=True))(f"{tag}{line}")
+            else:
+                done += 1
+                if lines:
+                    w, h = image.size
+                    click.echo(f"{tag}{path} -> {dest} ({w}x{h}, {time.perf_counter() - start:.1f} s)", err=True)
+            file_bar.update(1)
+    file_bar.close()
+    if not quiet or failed:
+        click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str, fmt: str,
+                 imageio) -> Path:
+    """Where `path`'s result goes; folders found by a walk keep their sub-folder layout under -o."""
+    if fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
+        fmt = "png"
+    if out_path is None:
+        target = None
+    elif as_folder:
+        folder = out_path / path.parent.relative_to(root) if root is not None else out_path
+        target = str(folder) + os.sep
+    else:
+        target = str(out_path)
+    return imageio.output_path_for(path, target, suffix=suffix, fmt=fmt)
+
+
+COMMANDS = [upscale]

@@ -1,0 +1,103 @@
+"""ESGF (early-stopping guided fine-tuning): knees on validation curves, starting later stages from them.
+
+METHOD.md section 4: continuing from a late, converged checkpoint of a linear-attention SR model collapses,
+while starting from the *knee* (the last checkpoint before validation metrics begin to oscillate) is
+stable. So:
+- `update_knee(run_dir)` runs the detector (`knee.py`) on the run's validation curves and writes
+  `knee.json` (step, snapshot, confidence, evidence); the training loop calls it after each validation for
+  early stopping, and `linearsr knee RUN_DIR` calls it by hand.
+- `initial_weights(path)` is how every later stage starts: a run folder means its knee snapshot; anything
+  else (the last snapshot, a bare model folder) needs `allow_any=True` and prints a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from .checkpoint import WEIGHTS_NAME, resolve_model_path
+from .knee import KneeConfig, detect_knee_multi, should_stop
+from .train_state import list_snapshots, read_metrics, snapshot_dir
+
+# Metrics the knee is read from, with their direction (higher is better).
+KNEE_METRICS = {"psnr": True, "ssim": True}
+
+
+def knee_curves(run_dir: Path) -> dict:
+    rows = read_metrics(run_dir, "val")
+    return {name: ([r["step"] for r in rows if name in r], [r[name] for r in rows if name in r], higher)
+            for name, higher in KNEE_METRICS.items()}
+
+
+def update_knee(run_dir: str | Path, min_confidence: float = 0.6, config: KneeConfig | None = None,
+                plot: bool = False) -> dict | None:
+    """Detect the knee of a run; write knee.json when one is found. Returns the result as a dict with an
+    extra "stop" flag (oscillation/decline confirmed with enough confidence), or None with no curves."""
+    run_dir = Path(run_dir)
+    curves = knee_curves(run_dir)
+    if not any(len(s) for s, _, _ in curves.values()):
+        return None
+    config = config or KneeConfig()
+    result = detect_knee_multi(curves, config)
+    out = result.to_dict()
+    out["stop"] = bool(should_stop(result, config) and result.confidence >= min_confidence)
+    if result.found:
+        snaps = list_snapshots(run_dir)
+        out["snapshot"] = str(snaps[result.step]) if result.step in snaps else None
+        tmp = run_dir / ".knee.json.tmp"
+        tmp.write_text(json.dumps(out, indent=1))
+        os.replace(tmp, run_dir / "knee.json")
+    if plot:
+        from .knee import plot_knee
+
+        plot_knee(curves, result, run_dir / "knee.png")
+    return out
+
+
+def knee_snapshot(run_dir: Path) -> Path:
+    knee_file = run_dir / "knee.json"
+    if not knee_file.is_file():
+        raise ValueError(f"{run_dir}: no knee.json yet; run `linearsr knee {run_dir}` (or pass --init-from-any "
+                         f"to start from its last snapshot, which ESGF warns against)")
+    step = json.loads(knee_file.read_text())["step"]
+    folder = snapshot_dir(run_dir, step)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ValueError(f"{run_dir}: the knee snapshot {folder.name} is missing")
+    return folder
+
+
+def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False) -> tuple[Path, dict]:
+    """Weights for `model.experts` to start a stage from. A run folder gives its knee snapshot; with
+    `allow_any` a run without a knee gives its last snapshot, and a plain model folder is accepted, both
+    with a warning. A single-expert source is copied into every expert (how the MoE stage starts)."""
+    path = resolve_model_path(path)
+    if (path / "snapshots").is_dir():
+        if (path / "knee.json").is_file():
+            source = knee_snapshot(path)
+        elif allow_any:
+            snaps = list_snapshots(path)
+            if not snaps:
+                raise ValueError(f"{path}: the run has no snapshots")
+            source = snaps[max(snaps)]
+            warnings.warn(f"starting from {source}, not a knee checkpoint: ESGF found late checkpoints of "
+                          f"linear-attention SR models unstable to fine-tune", stacklevel=2)
+        else:
+            source = knee_snapshot(path)  # raises with the explanation
+    else:
+        if not allow_any:
+            raise ValueError(f"{path}: not a run folder with a knee; pass --init-from-any to start from a "
+                             f"plain model folder")
+        warnings.warn(f"starting from {path}, not a knee checkpoint", stacklevel=2)
+        source = path
+    state = {k.removeprefix("experts."): v.float() for k, v in load_file(str(source / WEIGHTS_NAME)).items()}
+    source_experts = 1 + max(int(k.split(".", 1)[0]) for k in state)
+    if source_experts == num_experts:
+        return source, state
+    if source_experts == 1:
+        return source, {f"{i}.{k.split('.', 1)[1]}": v.clone() for i in range(num_experts) for k, v in state.items()}
+    raise ValueError(f"{source}: has {source_experts} experts, the new model {num_experts}")
+

@@ -1,0 +1,366 @@
+"""`LinearSR`: the upscaler for people. Image in (PIL, numpy, torch or a path), upscaled image out.
+
+    from linearsr.pipeline import LinearSR
+    sr = LinearSR.from_pretrained("default")           # bundled model, or a model folder
+    big = sr.enhance("photo.jpg", scale=3, preset="realism", tags="cat, grass")
+
+What `enhance` does, in order:
+1. Load: EXIF orientation applied, palette/gray/16-bit/alpha normalised (`imageio.load_image`).
+2. Plan the passes. The model has one native factor n (2 or 4). For a target factor s it runs k passes,
+   k the smallest with n^k * UPSCALE_SLACK >= s, and finishes with a Lanczos resize to the exact size.
+   Between passes the image is Lanczos-*downscaled* so that the last pass lands on the target size:
+   x8 with a x4 model is x4 -> downscale to target/4 -> x4. Generated detail is therefore never enlarged
+   by Lanczos by more than UPSCALE_SLACK (1.25), and no pass computes more pixels than the target.
+3. Each pass: pad the LR (reflect) so the HR size is a multiple of `config.multiple`; plan memory
+   (`tiling.plan_memory`: whole image, chunked Mix-FFN, or tiles) before sampling; sample with guidance
+   and tiling as velocity wrappers; crop; colour fix against the bicubic upsample; clamp.
+4. Alpha (if any) is Lanczos-resized separately; the result is returned in the input's kind.
+
+Settings precedence: explicit argument > preset > DEFAULTS. Presets live in PRESETS, in one place, so they
+can be tuned without touching the code around them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import imageio
+from .colorfix import COLOR_FIXES, apply_color_fix
+from .guidance import guided_velocity
+from .sample import super_resolve
+from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory
+
+# Values are placeholders until tuned on the evaluation set; keep every preset knob here.
+PRESETS: dict[str, dict] = {
+    "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none"),
+    "realism": dict(steps=8, guidance=2.0, eta=0.3, color_fix="wavelet"),
+}
+DEFAULTS: dict = dict(steps=4, guidance=1.0, eta=0.0, color_fix="wavelet")
+UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
+MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
+
+
+def resolve_settings(preset: str | None = None, **overrides) -> dict:
+    """steps/guidance/eta/color_fix from explicit values (None = unset), the preset, then DEFAULTS."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    settings = {**DEFAULTS, **(PRESETS[preset] if preset else {})}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings["color_fix"] not in COLOR_FIXES:
+        raise ValueError(f"unknown color fix {settings['color_fix']!r}; choose from {', '.join(COLOR_FIXES)}")
+    if int(settings["steps"]) < 1:
+        raise ValueError(f"steps must be >= 1, got {settings['steps']}")
+    return settings
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" = cuda if available, else mps, else cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free now: free device memory on CUDA, else available RAM (MemAvailable, or sysconf)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30  # unknown platform: assume a modest 4 GiB
+
+
+def parse_tags(tags) -> list[str]:
+    """"cat, grass" or ["cat", "grass"] -> ["cat", "grass"] (stripped, empties and duplicates dropped)."""
+    if tags is None:
+        return []
+    items = tags.split(",") if isinstance(tags, str) else [str(t) for t in tags]
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if item and item not in out:
+            out.append(item)
+    return out
+
+
+def output_size(w: int, h: int, scale: float | None, long_side: int | None, native: int) -> tuple[int, int]:
+    """(width, height) of the result: `scale` times the input, or the long side set to `long_side`."""
+    if scale is not None and long_side is not None:
+        raise ValueError("give scale or long_side, not both")
+    if long_side is not None:
+        if long_side < 1:
+            raise ValueError(f"long_side must be >= 1, got {long_side}")
+        scale = long_side / max(w, h)
+        size = (long_side, max(1, round(h * scale))) if w >= h else (max(1, round(w * scale)), long_side)
+        return size
+    scale = native if scale is None else float(scale)
+    if not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def count_passes(factor: float, native: int) -> int:
+    """Native passes for an overall enlargement `factor` (see the module doc)."""
+    k = 1
+    while native**k * UPSCALE_SLACK < factor:
+        k += 1
+    return k
+
+
+class _DeviceForward:
+    """The model as a velocity callable: inputs moved to `device`, autocast, output back in x's place/dtype."""
+
+    def __init__(self, model, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        self.model, self.device, self.amp_dtype = model, device, amp_dtype
+        self.config = model.config
+
+    def __call__(self, x, t, lr, context=None, context_mask=None):
+        d = self.device
+        move = lambda a: None if a is None else a.to(d)  # noqa: E731
+        with torch.autocast(d.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask))
+        return v.to(device=x.device, dtype=x.dtype)
+
+
+class LinearSR:
+    """Upscaler around a `LinearSRModel`. `tag_encoder`: callable(list[str]) -> (context (1, L, cond_dim),
+    mask (1, L)), or None (tags are then ignored with a warning). `last_run` describes the latest call."""
+
+    def __init__(self, model, device: str | torch.device = "cpu", precision: str = "fp32",
+                 tag_encoder=None, lean: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.model = model.eval()
+        if lean and len(model.experts) > 1:
+            model.set_lean(self.device)  # only the active expert on the device
+        else:
+            model.to(self.device)
+        self.tag_encoder = tag_encoder
+        self.last_run: dict = {}
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
+                        precision: str = "fp32", **kwargs) -> "LinearSR":
+        from .model import LinearSRModel
+
+        return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, **kwargs)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    # ---- public API ---------------------------------------------------------------------------------
+    def enhance(self, image, *, scale: float | None = None, long_side: int | None = None, steps: int | None = None,
+                sampler: str = "euler", guidance: float | None = None, tags=None, seed: int = 0,
+                color_fix: str | None = None, tile: str | int = "auto", overlap: int | None = None,
+                preset: str | None = None, memory_budget: int | None = None, progress=None,
+                eta: float | None = None, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS):
+        """Upscale `image` and return the same kind: PIL -> PIL, path -> PIL, numpy (H, W[, C]) -> numpy of the
+        same dtype and channels, torch (C, H, W) or (1, C, H, W) in [0, 1] -> torch on the same device.
+
+        scale: overall factor (any positive number, default the model's native one); long_side: pixels of
+        the longer output side (exclusive with scale). steps/guidance/eta/color_fix: None = preset, then
+        DEFAULTS. tags: "cat, grass" or a list. tile: "auto" (plan from memory), "off", or a tile side in
+        output pixels; overlap: pixels (default a quarter of the tile). memory_budget: bytes (default a
+        fraction of the free memory). progress: callable(done_steps, total_steps)."""
+        loaded = self._load(image, max_pixels)
+        rgb, alpha = self.enhance_arrays(
+            loaded.rgb, loaded.alpha, scale=scale, long_side=long_side, steps=steps, sampler=sampler,
+            guidance=guidance, tags=tags, seed=seed, color_fix=color_fix, tile=tile, overlap=overlap,
+            preset=preset, memory_budget=memory_budget, progress=progress, eta=eta)
+        return self._like_input(image, loaded, rgb, alpha)
+
+    def enhance_arrays(self, rgb: np.ndarray, alpha: np.ndarray | None = None, *, scale=None, long_side=None,
+                       steps=None, sampler="euler", guidance=None, tags=None, seed=0, color_fix=None, tile="auto",
+                       overlap=None, preset=None, memory_budget=None, progress=None, eta=None):
+        """The core on float arrays: rgb (H, W, 3) in [0, 1], alpha (H, W) or None -> (rgb, alpha) upscaled."""
+        s = resolve_settings(preset, steps=steps, guidance=guidance, eta=eta, color_fix=color_fix)
+        native = self.model.config.scale
+        h, w = rgb.shape[:2]
+        tw, th = output_size(w, h, scale, long_side, native)
+        passes = count_passes(max(tw / w, th / h), native)
+        context, mask = self._encode_tags(parse_tags(tags))
+        budget = memory_budget or int(available_memory(self.device) * MEMORY_FRACTION.get(self.device.type, 0.5))
+        start, plans = time.perf_counter(), []
+        cur = rgb
+        for j in range(passes):
+            if j:  # land the last pass on the target: only ever shrink the intermediate
+                left = passes - j
+                pw, ph = max(1, round(tw / native**left)), max(1, round(th / native**left))
+                if (pw, ph) != (cur.shape[1], cur.shape[0]):
+                    cur = imageio.resize_rgb(cur, (pw, ph))
+            step_offset = j * int(s["steps"])
+
+            def report(info, offset=step_offset):
+                if progress is not None:
+                    progress(offset + info["i"] + 1, passes * int(s["steps"]))
+
+            cur, plan = self._one_pass(cur, s, sampler, seed + j * PASS_SEED_STRIDE, context, mask, tile,
+                                       overlap, budget, report)
+            plans.append(plan)
+        if (cur.shape[1], cur.shape[0]) != (tw, th):
+            cur = imageio.resize_rgb(cur, (tw, th))
+        if alpha is not None:
+            alpha = imageio.resize_rgb(alpha, (tw, th))
+        self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=parse_tags(tags),
+                             seconds=time.perf_counter() - start, budget_bytes=budget)
+        return cur, alpha
+
+    # ---- one native pass ----------------------------------------------------------------------------
+    def _one_pass(self, rgb, s, sampler, seed, context, mask, tile, overlap, budget, report):
+        model, cfg = self.model, self.model.config
+        h, w = rgb.shape[:2]
+        lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
+        unit = cfg.multiple // math.gcd(cfg.multiple, cfg.scale)  # LR multiple giving an HR multiple
+        pad_h, pad_w = (-h) % unit, (-w) % unit
+        if pad_h or pad_w:  # reflect needs pad < size; tiny images repeat their edge instead
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            lr = F.pad(lr, (0, pad_w, 0, pad_h), mode=mode)
+        H, W = lr.shape[-2] * cfg.scale, lr.shape[-1] * cfg.scale
+        guided = float(s["guidance"]) != 1.0 and context is not None
+        plan = self._plan(H, W, tile, overlap, budget, batch=2 if guided else 1)
+
+        velocity = _DeviceForward(model, self.device, PRECISIONS[self.precision])
+        if plan["tile_px"] is not None:
+            velocity = TiledVelocity(velocity, plan["tile_px"] // cfg.codec_factor,
+                                     plan["overlap_px"] // cfg.codec_factor, config=cfg, device=self.device)
+        else:
+            lr = lr.to(self.device)  # whole image: the sampler state lives on the device too
+        if guided:
+            velocity = guided_velocity(velocity, float(s["guidance"]), context, mask, None)
+        saved = [e.ffn_chunk_rows for e in model.experts]
+        for e in model.experts:
+            e.ffn_chunk_rows = plan["ffn_chunk_rows"]
+        try:
+            out = super_resolve(model, lr, steps=int(s["steps"]), sampler=sampler, seed=seed, context=context,
+                                context_mask=mask, eta=float(s["eta"]), callback=report, velocity=velocity)
+        finally:
+            for e, rows in zip(model.experts, saved):
+                e.ffn_chunk_rows = rows
+        out = out.float()
+        ref = model.upsample_lr(lr.to(out.device).float())
+        out = apply_color_fix(s["color_fix"], out, ref)[..., : h * cfg.scale, : w * cfg.scale]
+        out = ((out.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).cpu().numpy()
+        return np.ascontiguousarray(out, dtype=np.float32), plan
+
+    def _plan(self, H: int, W: int, tile, overlap, budget: int, batch: int) -> dict:
+        """Whole image or tiles, and the Mix-FFN band height, decided before any sampling."""
+        cfg = self.model.config
+        dtype_bytes = 4 if self.precision == "fp32" else 2
+        host_shared = self.device.type != "cuda"
+        tile_px = rows = None
+        if tile == "auto":
+            mp = plan_memory(cfg, H, W, budget, batch=batch, dtype_bytes=dtype_bytes, host_in_budget=host_shared)
+            tile_px, rows = mp.tile_px, mp.ffn_chunk_rows
+        elif tile == "off" or tile is None:
+            if estimate_peak_memory(cfg, H, W, batch, dtype_bytes) > budget:
+                rows = ffn_chunk_rows_for(cfg, H)
+        else:
+            tile_px = int(tile)
+            if tile_px < cfg.multiple:
+                raise ValueError(f"tile must be at least {cfg.multiple} pixels, got {tile_px}")
+            side = min(tile_px, H)
+            if estimate_peak_memory(cfg, side, min(tile_px, W), batch, dtype_bytes) > budget:
+                rows = ffn_chunk_rows_for(cfg, side)
+        if tile_px is not None and tile_px >= max(H, W):
+            tile_px = None  # one tile covers everything: that is the whole image
+        ov = None
+        if tile_px is not None:
+            ov = tile_px // 4 if overlap is None else int(overlap)
+            if not 0 <= ov < tile_px:
+                raise ValueError(f"overlap must be in [0, tile) = [0, {tile_px}), got {ov}")
+        return dict(tile_px=tile_px, overlap_px=ov, ffn_chunk_rows=rows)
+
+    # ---- tags ---------------------------------------------------------------------------------------
+    def _encode_tags(self, tags: list[str]):
+        if not tags:
+            return None, None
+        if not self.model.config.cross_attention:
+            self._warn_once("this model has no cross-attention; tags are ignored")
+            return None, None
+        if self.tag_encoder is None:
+            self._warn_once("no tag encoder is available; tags are ignored (sampling with the null tokens)")
+            return None, None
+        context, mask = self.tag_encoder(tags)
+        return context.float().cpu(), None if mask is None else mask.bool().cpu()
+
+    # ---- input and output kinds ---------------------------------------------------------------------
+    @staticmethod
+    def _load(image, max_pixels) -> imageio.LoadedImage:
+        if isinstance(image, torch.Tensor):
+            t = image.detach().cpu()
+            if t.ndim == 4 and t.shape[0] == 1:
+                t = t[0]
+            if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4):
+                raise ValueError(f"tensor images must be (C, H, W) or (1, C, H, W) with C in 1..4, got {tuple(image.shape)}")
+            arr = t.permute(1, 2, 0).numpy()
+            if t.dtype.is_floating_point:
+                arr = arr.astype(np.float32)
+            return imageio.load_image(arr, max_pixels=max_pixels)
+        if isinstance(image, (np.ndarray, Image.Image)):
+            return imageio.load_image(image, max_pixels=max_pixels)
+        if isinstance(image, (str, os.PathLike)):
+            return imageio.load_image(image, max_pixels=max_pixels)
+        raise TypeError(f"unsupported image type {type(image).__name__} (PIL image, numpy array, tensor or path)")
+
+    @staticmethod
+    def _like_input(image, loaded, rgb, alpha):
+        if isinstance(image, (Image.Image, str, os.PathLike)):
+            return imageio.to_output_pil(rgb, alpha, like=loaded)
+        if isinstance(image, np.ndarray):
+            channels = 1 if image.ndim == 2 else image.shape[2]
+            planes = _planes(rgb, alpha, channels)
+            if image.ndim == 2:
+                planes = planes[:, :, 0]
+            if image.dtype == np.uint8:
+                return np.rint(planes * 255).astype(np.uint8)
+            if image.dtype == np.uint16:
+                return np.rint(planes * 65535).astype(np.uint16)
+            return planes.astype(image.dtype if image.dtype.kind == "f" else np.float32)
+        # torch tensor
+        channels = image.shape[-3]
+        out = torch.from_numpy(np.ascontiguousarray(_planes(rgb, alpha, channels))).permute(2, 0, 1)
+        if image.dtype == torch.uint8:
+            out = (out * 255).round().to(torch.uint8)
+        elif image.dtype.is_floating_point:
+            out = out.to(image.dtype)
+        if image.ndim == 4:
+            out = out[None]
+        return out.to(image.device)
+
+
+def _planes(rgb: np.ndarray, alpha: np.ndarray | None, channels: int) -> np.ndarray:
+    """(H, W, channels) float32: gray (Rec. 601 luma, as PIL) for 1-2 channels, alpha last for 2 and 4."""
+    if channels in (1, 2):
+        base = (rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[:, :, None].astype(np.float32)
+    else:
+        base = rgb
+    if channels in (2, 4):
+        a = alpha if alpha is not None else np.ones(rgb.shape[:2], np.float32)
+        base = np.dstack([base, a])
+    return np.clip(base, 0, 1).astype(np.float32)

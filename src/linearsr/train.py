@@ -1,0 +1,277 @@
+"""The training loop: one process or many (torchrun + DDP), CPU or GPU, exact resume, NaN guard.
+
+    linearsr train configs/small.yaml --out runs/small [--resume] [optim.lr=2e-4 ...]
+
+Per step: a batch from `data.TrainStream`, the flow-matching loss, AdamW with warm-up + cosine, gradient
+clipping, EMA. Every `validation.every` steps rank 0 samples the fixed validation set with the EMA weights,
+appends PSNR/SSIM to metrics.jsonl, saves a model snapshot, redraws curves.png and prunes old snapshots.
+Every `checkpoint.every` steps the full state is written atomically. A non-finite loss or gradient skips
+the step; `guard.max_bad_steps` in a row stop the run (or, in ESGF fine-tuning, roll back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import metrics
+from .data import TrainStream, build_data, fixed_validation_set, seed_for
+from .loss import FlowMatchingLoss
+from .model import LinearSRModel
+from .sample import super_resolve
+from .schedule import TimeSampler
+from .train_config import TrainConfig
+from .train_state import (EMA, has_train_state, load_train_state, prune_snapshots, read_metrics,
+                          save_train_state, snapshot_dir)
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (NaN guard, rollback limit); the message says why and where."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
+
+
+def setup_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world == 1:
+        return Dist(device=torch.device("cuda" if cuda else "cpu"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu"))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return o.lr
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.path, self.enabled = run_dir / "metrics.jsonl", enabled
+
+    def write(self, kind: str, **row) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"kind": kind, **row}) + "\n")
+
+
+@torch.no_grad()
+def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.device) -> dict:
+    """PSNR/SSIM (RGB, and PSNR on Y with a scale-pixel border crop) of EMA samples on the fixed set."""
+    model.eval()
+    scores = {"psnr": [], "psnr_y": [], "ssim": []}
+    border = model.config.scale
+    for hr, lr in zip(val["hr"], val["lr"]):
+        out = super_resolve(model, lr[None].to(device), steps=cfg.validation.steps, seed=cfg.validation.seed)
+        out = ((out.float().cpu().clamp(-1, 1) + 1) / 2)[0]
+        ref = (hr + 1) / 2
+        scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
+        scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
+        scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
+    return {k: sum(v) / len(v) for k, v in scores.items()}
+
+
+def plot_curves(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = read_metrics(run_dir, "train"), read_metrics(run_dir, "val")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    if train:
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+        axes[0].set_yscale("log")
+    axes[0].set_title("training loss")
+    for ax, key in zip(axes[1:], ("psnr", "ssim")):
+        ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", ms=3)
+        ax.set_title(f"validation {key}")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = run_dir / ".curves.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, run_dir / "curves.png")
+
+
+def build_model(cfg: TrainConfig) -> LinearSRModel:
+    from .esgf import initial_weights
+
+    model_cfg = cfg.model_config()
+    model = LinearSRModel(model_cfg)
+    if cfg.init_from:
+        source, state = initial_weights(cfg.init_from, model_cfg.num_experts, allow_any=cfg.init_from_any)
+        model.experts.load_state_dict(state)
+        model.config.provenance = {**model.config.provenance, "init_from": str(source)}
+    return model
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          hooks=None) -> dict:
+    """Run (or resume) training into `run_dir`; returns a summary dict. `hooks` is an optional object with
+    `on_bad_steps(state) -> bool` (True = handled, e.g. rolled back) used by ESGF fine-tuning."""
+    run_dir = Path(run_dir)
+    dd = setup_distributed()
+    if has_train_state(run_dir) and not resume:
+        raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(dd.device)
+    model.config.provenance = {**model.config.provenance, "train_config": str(run_dir / "config.yaml")}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                            weight_decay=cfg.optim.weight_decay)
+    ema = EMA(model, cfg.optim.ema_decay)
+    step = 0
+    if resume and has_train_state(run_dir):
+        step, _ = load_train_state(run_dir, model, ema, opt)
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    log = MetricsLog(run_dir, dd.main)
+
+    net = model
+    if dd.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None,
+            find_unused_parameters=model.config.num_experts > 1)
+
+    train_pool, val_pool = build_data(cfg.data, model.config.scale, cfg.seed)
+    val_set = fixed_validation_set(val_pool, cfg.data, model.config.scale, cfg.seed, model.config.multiple)
+    stream = TrainStream(train_pool, cfg.data, model.config.scale, cfg.optim.batch_size, cfg.seed, dd.rank, step)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.data.workers,
+                                         persistent_workers=False)
+    t = cfg.time
+    loss_fn = FlowMatchingLoss(TimeSampler(kind=t.kind, mean=t.mean, std=t.std, shift=model.config.shift))
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dd.device.type == "cuda")
+    eval_model = LinearSRModel(model.config).to(dd.device)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and dd.main), dynamic_ncols=True,
+               desc="train")
+    bad, last_val, started, samples = 0, None, time.time(), 0
+    summary = {"stopped": None}
+    for batch in loader if step < cfg.steps else []:
+        assert batch["step"] == step, "data stream out of step"
+        hr, lr = batch["hr"].to(dd.device), batch["lr"].to(dd.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
+        with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            target = model.encode_target(hr, lr)
+            loss = loss_fn(net, target, lr, generator=gen).mean()
+        opt.zero_grad(set_to_none=True)
+        ok = dd.all_true(bool(torch.isfinite(loss)))
+        grad_norm = float("nan")
+        if ok:
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+            ok = dd.all_true(math.isfinite(grad_norm))
+        if ok:
+            opt.step()
+            ema.update(model, step)
+            bad = 0
+        else:
+            bad += 1
+            opt.zero_grad(set_to_none=True)
+            log.write("event", step=step, event="non_finite", loss=float(loss.detach()), consecutive=bad)
+            if bad >= cfg.guard.max_bad_steps:
+                if hooks is not None and hooks.on_bad_steps(model=model, ema=ema, opt=opt, step=step, log=log):
+                    bad = 0
+                else:
+                    msg = (f"stopped at step {step}: {bad} non-finite losses in a row; the last good state "
+                           f"is in {run_dir / 'state'}")
+                    log.write("event", step=step, event="stopped", reason=msg)
+                    bar.close()
+                    raise TrainingStopped(msg)
+        step += 1
+        samples += hr.shape[0] * dd.world
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            lv = float(loss.detach())
+            bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}")
+            log.write("train", step=step, loss=lv, lr=lr_at(step - 1, cfg), grad_norm=grad_norm,
+                      elapsed_s=round(time.time() - started, 2))
+        if hooks is not None and hasattr(hooks, "after_step") and ok:
+            hooks.after_step(step=step, loss=float(loss.detach()), model=model, ema=ema, opt=opt, log=log)
+
+        stop_now = False
+        if step % cfg.validation.every == 0 or step == cfg.steps:
+            if dd.main:
+                ema.copy_to(eval_model)
+                last_val = validate(eval_model, val_set, cfg, dd.device)
+                log.write("val", step=step, **last_val)
+                eval_model.config.provenance = {**model.config.provenance, "step": step,
+                                                "samples_seen": step * cfg.optim.batch_size * dd.world}
+                eval_model.save_pretrained(snapshot_dir(run_dir, step), overwrite=True)
+                bar.write(f"step {step}: psnr {last_val['psnr']:.2f} dB  psnr_y {last_val['psnr_y']:.2f} dB  "
+                          f"ssim {last_val['ssim']:.4f}")
+                stop_now = _early_stop(run_dir, cfg, log, step)
+                c = cfg.checkpoint
+                prune_snapshots(run_dir, c.keep_last, c.keep_every, c.keep_best)
+                plot_curves(run_dir)
+            stop_now = dd.all_true(stop_now) if dd.world > 1 else stop_now
+        if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_now:
+            if dd.main:
+                save_train_state(run_dir, model, ema, opt, step)
+            dd.barrier()
+        if stop_now:
+            summary["stopped"] = "early_stop"
+            break
+        if step >= cfg.steps:
+            break
+    bar.close()
+    summary.update(step=step, last_val=last_val, wall_s=round(time.time() - started, 1))
+    return summary
+
+
+def _early_stop(run_dir: Path, cfg: TrainConfig, log: MetricsLog, step: int) -> bool:
+    """ESGF: detect the knee on the validation curves; write knee.json; True when training should stop."""
+    if not cfg.early_stop.enabled:
+        return False
+    from .esgf import update_knee
+
+    result = update_knee(run_dir, min_confidence=cfg.early_stop.min_confidence)
+    if result is not None and result.get("stop"):
+        log.write("event", step=step, event="early_stop", knee_step=result["step"], reason=result["reason"])
+        return True
+    return False

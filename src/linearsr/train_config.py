@@ -1,0 +1,167 @@
+"""The training config: typed dataclasses, loaded from YAML, overridable with `key.sub=value` pairs.
+
+The resolved config is written to `RUN_DIR/config.yaml`; `linearsr train --dry-run` prints it. The model
+part is a `ModelConfig` (named size + overrides); everything else is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    train_dir: str = "data/demo/train"
+    val_dir: str | None = None  # None: hold out `val_holdout` images of train_dir
+    val_holdout: int = 3
+    val_crops: int = 8  # fixed validation crops (frozen positions and degradations)
+    val_crop_size: int = 128
+    crop_size: int = 128  # HR training crop
+    max_side: int = 1536  # very large photos are downscaled to this long side once, when loaded
+    degradation: str = "mixed"  # "bicubic", "realistic", or "mixed" (each sample one or the other)
+    realistic_prob: float = 0.5  # for "mixed"
+    workers: int = 1
+    tags_file: str | None = None  # JSON {"tags": {relative path: [tags]}}; used by tag-conditioned training
+    tag_dropout: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at `steps`) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    batch_size: int = 8  # per process
+
+
+@dataclass
+class TimeConfig:
+    kind: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 250
+    steps: int = 1  # sampling steps used for validation metrics (1 = the fidelity preset)
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 250  # full train state (for resume) at this interval; model snapshots at each validation
+    keep_last: int = 2  # model snapshots kept regardless
+    keep_every: int = 0  # also keep every snapshot whose step is a multiple of this (0 = none)
+    keep_best: bool = True
+
+
+@dataclass
+class GuardConfig:
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops (or rolls back, see ESGF)
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = False  # ESGF: stop when the knee detector sees sustained oscillation/decline
+    min_confidence: float = 0.6
+
+
+@dataclass
+class TrainConfig:
+    model_size: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides on top of the named size
+    init_from: str | None = None  # run folder (ESGF: its knee snapshot) or model folder to start from
+    init_from_any: bool = False  # allow starting from a non-knee checkpoint (ESGF warns against it)
+    steps: int = 2000
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16"
+    log_every: int = 10
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_size(self.model_size, **self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, d, "")
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        for item in overrides:
+            apply_override(raw, item)
+        return cls.from_dict(raw)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`optim.lr=1e-3` sets raw["optim"]["lr"] (the value parsed as YAML, so numbers and lists work)."""
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {p} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{key} must be a mapping")
+            kwargs[key] = _build(hint, value, f"{where}{key}.")
+        elif hint is float and isinstance(value, int):
+            kwargs[key] = float(value)
+        elif key == "betas":
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
