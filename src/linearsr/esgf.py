@@ -8,6 +8,8 @@ stable. So:
   early stopping, and `linearsr knee RUN_DIR` calls it by hand.
 - `initial_weights(path)` is how every later stage starts: a run folder means its knee snapshot; anything
   else (the last snapshot, a bare model folder) needs `allow_any=True` and prints a warning.
+- `DivergenceGuard` watches a fine-tuning run: a loss spike against a running baseline, or repeated NaN,
+  rolls the weights back to where the stage started (the knee), lowers the learning rate and continues.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import os
 import warnings
 from pathlib import Path
 
+import math
+from collections import deque
+
+import torch
 from safetensors.torch import load_file
 
 from .checkpoint import WEIGHTS_NAME, resolve_model_path
@@ -101,3 +107,45 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
         return source, {f"{i}.{k.split('.', 1)[1]}": v.clone() for i in range(num_experts) for k, v in state.items()}
     raise ValueError(f"{source}: has {source_experts} experts, the new model {num_experts}")
 
+
+
+class DivergenceGuard:
+    """Training-loop hooks (see `train.train(hooks=...)`) for rollback on divergence."""
+
+    def __init__(self, model: torch.nn.Module, cfg) -> None:
+        self.cfg = cfg  # the TrainConfig: the learning rate is lowered in place, so lr_at() sees it
+        self.g = cfg.guard
+        self.start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.recent: deque[float] = deque(maxlen=self.g.spike_window)
+        self.baseline: float | None = None
+        self.rollbacks = 0
+
+    def after_step(self, step: int, loss: float, model, ema, opt, log, **_) -> None:
+        self.recent.append(loss)
+        if self.baseline is not None and len(self.recent) == self.recent.maxlen:
+            if sum(self.recent) / len(self.recent) > self.g.spike_factor * self.baseline:
+                self.rollback(model, ema, opt, log, step, "loss spike")
+                return
+        if math.isfinite(loss):
+            b = self.g.baseline_beta
+            self.baseline = loss if self.baseline is None else b * self.baseline + (1 - b) * loss
+
+    def on_bad_steps(self, model, ema, opt, step: int, log, **_) -> bool:
+        self.rollback(model, ema, opt, log, step, "repeated non-finite loss")
+        return True
+
+    def rollback(self, model, ema, opt, log, step: int, why: str) -> None:
+        from .train import TrainingStopped
+
+        self.rollbacks += 1
+        if self.rollbacks > self.g.max_rollbacks:
+            msg = f"stopped at step {step}: {why} after {self.g.max_rollbacks} rollbacks; the stage diverges"
+            log.write("event", step=step, event="stopped", reason=msg)
+            raise TrainingStopped(msg)
+        model.load_state_dict(self.start)
+        ema.shadow = {k: v.detach().clone().float() for k, v in self.start.items()}
+        opt.state.clear()  # Adam moments from the diverging trajectory would push it straight back
+        self.cfg.optim.lr *= self.g.lr_factor
+        self.recent.clear()
+        self.baseline = None
+        log.write("event", step=step, event="rollback", reason=why, count=self.rollbacks, lr=self.cfg.optim.lr)

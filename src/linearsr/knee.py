@@ -1,39 +1,34 @@
-"""Automatic knee-point detection on validation curves, for early-stopping guided fine-tuning.
+"""Automatic knee detection on validation curves for ESGF (early-stopping guided fine-tuning):
+the knee is the last checkpoint before the metrics start to oscillate or degrade (later ones
+fine-tune into NaNs). Pure numpy; matplotlib only inside ``plot_knee``.
 
-LinearSR's ESGF recipe fine-tunes from the *knee*: the last checkpoint before the validation
-metrics start to oscillate or degrade (later checkpoints fine-tune into NaNs). This finds it
-from (step, metric) pairs. Pure numpy; matplotlib only inside ``plot_knee``.
-
-The rules (windows count checkpoints, which are taken as roughly evenly spaced):
+Rules (windows count checkpoints, taken as roughly evenly spaced):
 
 1. Flip the metric so higher is better. Trend = robust local-linear regression (tricube
-   weights, bisquare outlier down-weighting scaled per window): no lag at the end of the curve,
-   unlike a running mean or EMA, and one bad evaluation cannot bend it.
-2. Swings are measured on d[i] = (y[i-1] - 2 y[i] + y[i+1]) / sqrt(6): on any locally straight
-   stretch its sd is exactly the noise sigma, it needs no smoother, it amplifies checkpoint-to-
-   checkpoint swings (x1.63 for an alternating +-a) and ignores slow waves (rule 5 sees those).
-   Noise = sigma-clipped |d|, or the quiet stretch before a clear variance change point when
-   oscillation fills most of the run, or ``noise_floor`` if given.
-3. Oscillating point: in the centred window, the scale of d (RMS without the largest value and
-   its neighbours - the footprint of one bad evaluation) is
-   >= ``oscillation_threshold`` x noise, the swings beyond 1 noise sigma flip sign at least
-   ``min_sign_changes`` times, and the trend has made ``min_progress`` of its range (a steep
-   early rise is not ESGF oscillation).
-4. Declining point: the trend is below its running best by > max(``decline_tolerance`` x
-   range, ``decline_sigmas`` x noise).
-5. ``patience`` consecutive flagged points make an event. An event after which the curve still
-   gains ``plateau_tolerance`` of its range was a noise burst or a passing dip and is ignored.
-   The earliest event wins. Oscillation knee: the checkpoint before the first big swing of the
-   chain leading into the run. Decline knee: the last checkpoint before the decline whose trend
-   is within one noise sigma of the running best (the peak, or a flat top's end). A
-   non-finite value after finite ones (the NaN collapse) is an event at that step; later
-   values are not read.
-6. No event: a least-squares line over the last ``plateau_window`` points that still gains
-   >= ``plateau_tolerance`` x range (with ``plateau_z`` standard errors of slack, so noise errs
-   towards "rising") means phase "rising": no knee, ever. Otherwise "plateau", knee = the first
-   checkpoint whose trend is within ``plateau_tolerance`` x range of the best - from there on
-   training buys almost nothing, which is what a careful human picks. (Kneedle's max-distance
-   point lands well before the plateau on a long saturating curve: an under-trained pick.)
+   weights, bisquare outlier weights scaled per window): no end lag unlike a running mean/EMA.
+2. Swings d[i] = (y[i-1] - 2 y[i] + y[i+1]) / sqrt(6): sd = the noise sigma on any locally
+   straight stretch, no smoother needed; checkpoint-to-checkpoint swings are amplified (x1.63
+   for alternating +-a), slow waves ignored (rule 4 sees those). Noise = sigma-clipped |d|, or
+   the quiet stretch before a clear variance change point if oscillation fills the run, or
+   ``noise_floor``.
+3. Oscillating point: in the centred window the scale of d (RMS without the largest swing and
+   its neighbours, the footprint of one bad evaluation) is >= ``oscillation_threshold`` x
+   noise, swings beyond 1 sigma flip sign >= ``min_sign_changes`` times, and the trend has made
+   ``min_progress`` of its range (a steep early rise is not ESGF oscillation).
+4. Declining point: trend below its running best by > max(``decline_tolerance`` x range,
+   ``decline_sigmas`` x noise).
+5. ``patience`` consecutive flagged points make an event; one after which the curve still gains
+   ``plateau_tolerance`` of its range (noise burst, passing dip) is ignored; the earliest wins.
+   Oscillation knee: the checkpoint before the first big swing of the chain leading into the
+   run. Decline knee: the kink of a two-segment line fitted to the trend from the top into the
+   decline (the peak, or a flat top's end). A non-finite value after finite ones (the NaN
+   collapse) is an event at that step; later values are not read.
+6. No event: if a Theil-Sen line over the last ``plateau_window`` points still gains >=
+   ``plateau_tolerance`` x range (``plateau_z`` standard errors of slack: noise errs towards
+   rising), the phase is "rising" and no knee is reported. Else "plateau", knee = the first
+   checkpoint whose trend is within ``plateau_tolerance`` x range of the best: from there on
+   training buys little, what a careful human picks (Kneedle's max-distance point lands well
+   before the plateau on a long saturating curve: an under-trained checkpoint).
 """
 from __future__ import annotations
 
@@ -42,8 +37,6 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
-
-PHASES = ("rising", "plateau", "oscillating", "declining", "too_short")
 
 
 @dataclass
@@ -95,27 +88,22 @@ def _smooth(x: np.ndarray, y: np.ndarray, window: int, iterations: int) -> np.nd
     """Robust local-linear regression on the ``window`` nearest checkpoints of each point."""
     n = len(y)
     k = min(max(3, window), n)
-    fit = None
+    idx = np.clip(np.arange(n) - k // 2, 0, n - k)[:, None] + np.arange(k)  # ends: shifted
+    dx, yw = x[idx] - x[:, None], y[idx]
+    dmax = np.abs(dx).max(1, keepdims=True) * 1.25  # so the window's end points still count
+    tricube = (1 - (np.abs(dx) / np.where(dmax > 0, dmax, 1.0)) ** 3) ** 3
+    fit, w = None, tricube
     for _ in range(iterations + 1):
-        out = np.empty(n)
-        for i in range(n):
-            a = min(max(0, i - k // 2), n - k)  # shifted at the ends to keep k points
-            sl = slice(a, a + k)
-            dx = x[sl] - x[i]
-            dmax = np.abs(dx).max() * 1.25 or 1.0  # so the window's end points still count
-            w = (1 - (np.abs(dx) / dmax) ** 3) ** 3
-            if fit is not None:  # bisquare, scaled by this window's own residual median
-                e = y[sl] - fit[sl]
-                s = np.median(np.abs(e))
-                if s > 0:
-                    w = w * (1 - np.clip(e / (6 * s), -1, 1) ** 2) ** 2
-            sw = w.sum()
-            if sw <= 1e-12:
-                w, sw = np.ones(k), float(k)
-            xm, ym = (w * dx).sum() / sw, (w * y[sl]).sum() / sw
-            var = (w * (dx - xm) ** 2).sum()
-            out[i] = ym - xm * ((w * (dx - xm) * (y[sl] - ym)).sum() / var if var > 1e-12 else 0)
-        fit = out
+        if fit is not None:  # bisquare, scaled by each window's own residual median
+            e = yw - fit[idx]
+            s = np.median(np.abs(e), axis=1, keepdims=True)
+            w = tricube * np.where(s > 0, (1 - np.clip(e / (6 * np.where(s > 0, s, 1)), -1, 1)
+                                            ** 2) ** 2, 1.0)
+        sw = w.sum(1, keepdims=True)  # > 0: half of each window is within 6 medians
+        xm, ym = (w * dx).sum(1, keepdims=True) / sw, (w * yw).sum(1, keepdims=True) / sw
+        var = (w * (dx - xm) ** 2).sum(1, keepdims=True)
+        cov = (w * (dx - xm) * (yw - ym)).sum(1, keepdims=True)
+        fit = (ym - xm * np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1), 0))[:, 0]
     return fit
 
 
@@ -131,8 +119,9 @@ def _window_scale(seg: np.ndarray) -> float:
     """Sigma-consistent RMS of the swings in a window without the largest one and its two
     neighbours: one bad evaluation disturbs exactly three second differences."""
     sq = seg ** 2
-    n, j = len(sq), int(np.argmax(sq))
-    keep = np.ones(n, bool)
+    n, j, keep = len(sq), int(np.argmax(sq)), np.ones(len(sq), bool)
+    if n < 3:  # too few to trim
+        return math.sqrt(float(np.mean(sq)))
     keep[max(0, j - 1):j + 2 if n >= 6 else j + 1] = False
     r = n - int(keep.sum())
     expect = (n - _expected_max_chi2(n) - (r - 1)) / (n - r)  # neighbours count as average
@@ -144,10 +133,8 @@ def _clip_sigma(a: np.ndarray, sig: float, floor: float) -> float:
     sig = max(sig, floor)
     for _ in range(100):
         kept = a[a < 2.5 * sig]
-        if kept.size < 3:
-            break
-        new = max(math.sqrt(float(np.mean(kept ** 2))) / 0.9546, floor)  # N(0,1) cut at 2.5
-        if abs(new - sig) <= 1e-4 * sig:
+        new = max(math.sqrt(float(np.mean(kept ** 2))) / 0.9546, floor) if kept.size > 2 else sig
+        if abs(new - sig) <= 1e-4 * sig:  # 0.9546: sd of N(0,1) cut at +-2.5
             break
         sig = new
     return sig
@@ -157,9 +144,7 @@ def _quiet_sigma(a: np.ndarray, floor: float, min_len: int) -> float | None:
     """Noise of the stretch before the likeliest rise in variance (two-segment Gaussian fit),
     or None unless that stretch has >= min_len points, the rest >= 6x its variance, and >= 40%
     of the rest beyond 2.5 sigma (a quiet stretch of plain noise fails the last test)."""
-    n = len(a)
-    cs = np.cumsum(a ** 2)
-    best, cut = np.inf, None
+    n, cs, best, cut = len(a), np.cumsum(a ** 2), np.inf, None
     for t in range(max(3, min_len), n - 2):
         v1, v2 = cs[t - 1] / t, (cs[-1] - cs[t - 1]) / (n - t)
         if v2 >= 6 * v1 > 0:
@@ -179,10 +164,15 @@ def _runs(flags: np.ndarray, patience: int) -> list[tuple[int, int]]:
 
 
 def _score(strength: float, run: int, patience: int) -> float:
-    """Confidence: 0.5 at a barely-over-threshold signal, -> 1 as it grows; same for persistence."""
-    amp = 1.0 - 0.5 / max(strength, 1.0)
-    persist = min(1.0, run / (2.0 * patience))
-    return float(np.clip(amp * persist, 0.0, 1.0))
+    """Confidence = amplitude term (0.5 at the threshold, -> 1 as the signal grows) x
+    persistence term (0.5 at ``patience`` flagged points, 1 at twice that)."""
+    return float((1.0 - 0.5 / max(strength, 1.0)) * min(1.0, run / (2.0 * patience)))
+
+
+def _hinge_sse(x: np.ndarray, y: np.ndarray, kink: float) -> float:
+    """Squared error of the best continuous two-segment line with its kink at ``kink``."""
+    basis = np.stack([np.ones_like(x), x, np.maximum(x - kink, 0.0)], 1)
+    return float(((basis @ np.linalg.lstsq(basis, y, rcond=None)[0] - y) ** 2).sum())
 
 
 def _noise(d: np.ndarray, floor: float, min_points: int) -> float:
@@ -200,12 +190,10 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
     """Find the last checkpoint before sustained oscillation or degradation (module rules)."""
     cfg = config or KneeConfig()
     s, v = np.asarray(steps, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
-    if s.shape != v.shape:
-        raise ValueError(f"steps ({s.size}) and values ({v.size}) differ in length")
+    if s.shape != v.shape or np.unique(s).size != s.size:
+        raise ValueError("steps and values must have the same length, steps must be distinct")
     order = np.argsort(s, kind="stable")
     s, v = s[order], v[order]
-    if np.any(np.diff(s) == 0):
-        raise ValueError("steps must be distinct")
     step_of = [int(a) if float(a).is_integer() else float(a) for a in s]
     sign = 1.0 if higher_is_better else -1.0
     finite = np.isfinite(v)
@@ -264,11 +252,11 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
         if recovered(start):
             ev["ignored_onsets"].append(step_of[first + start])
             continue
-        # The centred window flags a little early or late. The onset is the start of the chain
-        # of big swings (> 1.5 sigma and a quarter of the early run's swings) leading into the
-        # run, one quiet point allowed between links (a period-4 wave has them); walking back
-        # link by link keeps an earlier kink or lone spike out. d[t] may already feel a swing
-        # at t+1 (weakly; the quarter bar mostly skips it), so the knee t-1 errs early.
+        # The centred window flags a little early or late. Onset = start of the chain of big
+        # swings (> 1.5 sigma and a quarter of the early run's) leading into the run, one quiet
+        # point allowed between links (period-4 waves have them); walking back link by link
+        # keeps an earlier kink or lone spike out. d[t] may feel a swing at t+1 (weakly, the
+        # quarter bar mostly skips it), so the knee t-1 errs early, never late.
         big = np.abs(d) >= max(1.5 * noise, 0.25 * float(np.quantile(
             np.abs(d[start:start + max(2, w // 2)]), 0.8)))
         big[:max(1, int(np.argmax(progressed)))] = False
@@ -277,7 +265,8 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
         while onset >= 2 and (big[onset - 2] or big[onset - 1]):
             onset -= 2 if big[onset - 2] else 1
         strength = float(np.median(ratio[start:start + run])) / cfg.oscillation_threshold
-        events.append((onset, max(onset - 1, 0), "oscillating", _score(strength, run, cfg.patience),
+        events.append((onset, max(onset - 1, 0), "oscillating",
+                       _score(strength, run, cfg.patience),
                        f"sustained oscillation ({strength:.1f}x threshold)"))
         break
     for start, run in _runs(dec, cfg.patience):
@@ -285,11 +274,13 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
             ev["ignored_onsets"].append(step_of[first + start])
             continue
         strength = float(drop[start:start + run].max()) / drop_thr
-        # Knee: the last checkpoint still within one noise sigma of the running best - the
-        # peak of a sharp turn, the end of the plateau for a flat top (not its noisy argmax).
-        knee = int(np.flatnonzero(drop[:start + 1] <= noise)[-1])
-        events.append((start, knee, "declining",
-                       _score(strength, run, cfg.patience),
+        # Knee: the kink of a two-segment (continuous, piecewise-linear) fit to the trend from
+        # the top of the curve through the decline - the peak of a sharp turn, the end of a
+        # flat top (its noisy argmax would be anywhere on it).
+        a0, b0 = max(int(np.argmax(progressed)), start - 3 * w), min(m, start + run)
+        sse = [_hinge_sse(x[a0:b0], trend[a0:b0], x[t]) for t in range(a0 + 1, start + 1)]
+        knee = a0 + 1 + int(np.argmin(sse)) if sse else int(np.argmax(trend[:start + 1]))
+        events.append((start, knee, "declining", _score(strength, run, cfg.patience),
                        f"sustained decline below the best ({strength:.1f}x tolerance)"))
         break
     if collapse is not None:
@@ -302,17 +293,20 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
                       f"begins at step {ev['onset_step']}.")
 
     pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 4), 3))
-    xs, ys = x[-pw:] - x[-pw:].mean(), y[-pw:]
-    sxx = float((xs ** 2).sum())
-    slope = float((xs * (ys - ys.mean())).sum() / sxx)
-    se = math.sqrt(float(((ys - ys.mean() - slope * xs) ** 2).sum()) / max(pw - 2, 1) / sxx)
+    # Theil-Sen slope (median of pairwise slopes; one bad evaluation cannot tilt it); standard
+    # error from the noise sigma (the OLS formula at Theil-Sen's 91% efficiency).
+    i, j = np.triu_indices(pw, 1)
+    xs, ys = x[-pw:], y[-pw:]
+    slope = float(np.median((ys[j] - ys[i]) / (xs[j] - xs[i])))
+    se = noise / math.sqrt(0.91 * float(((xs - xs.mean()) ** 2).sum()))
     span = float(x[-1] - x[-pw]) / rng
     gain, slack = slope * span, cfg.plateau_z * se * span
     ev.update(recent_gain=_num(gain), recent_gain_slack=_num(slack), plateau_window=pw)
     if gain + slack >= cfg.plateau_tolerance:
         return result(False, None, "rising", min(1.0, max(gain, 0) / (2 * cfg.plateau_tolerance)),
-                      f"Still improving: the last {pw} points gain {100 * gain:.1f}% of the "
-                      f"range (plateau below {100 * cfg.plateau_tolerance:.0f}%).")
+                      f"Still improving (or too noisy to call flat): the last {pw} points gain "
+                      f"{gain:.1%} +- {slack:.1%} of the range; plateau needs < "
+                      f"{cfg.plateau_tolerance:.0%}.")
     reach = int(np.flatnonzero(trend >= trend.max() - cfg.plateau_tolerance * rng)[0])
     flat = 1.0 - max(gain + slack, 0.0) / cfg.plateau_tolerance
     ev.update(onset_index=int(order[first + reach]), onset_step=step_of[first + reach])
@@ -330,9 +324,9 @@ def detect_knee_multi(curves: dict, config: KneeConfig | None = None) -> KneeRes
     side. With no agreed event: any metric still rising -> "rising", no knee; any too short ->
     "too_short"; else "plateau", knee at the latest plateau knee (all have flattened by then).
     """
-    cfg = config or KneeConfig()
     if not curves:
         raise ValueError("no curves given")
+    cfg = config or KneeConfig()
     res = {k: detect_knee(st, va, higher_is_better=hib, config=cfg)
            for k, (st, va, hib) in curves.items()}
     need = cfg.min_agree or math.ceil(len(res) / 2)
@@ -347,8 +341,8 @@ def detect_knee_multi(curves: dict, config: KneeConfig | None = None) -> KneeRes
         kn = min(agreed, key=lambda r: r.step)
         return KneeResult(True, kn.step, kn.index, kn.phase,
                           float(np.mean([r.confidence for r in agreed])),
-                          f"Knee at step {kn.step}: {', '.join(k for _, k in hits[:need])} "
-                          f"show sustained trouble by step {hits[need - 1][0]}.", ev)
+                          f"Knee at step {kn.step}: sustained trouble in "
+                          f"{', '.join(k for _, k in hits[:need])} by step {hits[need - 1][0]}.", ev)
     for phase in ("rising", "too_short"):
         names = [k for k, r in res.items() if r.phase == phase]
         if names:
@@ -375,23 +369,18 @@ def plot_knee(curves: dict, result: KneeResult, path) -> None:
     """Write a PNG: per metric raw + smoothed curve, then the oscillation measure; the knee is
     a vertical line with its step in the legend. ``curves`` as for ``detect_knee_multi``; a
     ``detect_knee`` result goes with a single curve."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # lazy; no pyplot, so no global backend state
 
-    per = result.evidence.get("metrics")
-    if per is None:
-        if len(curves) != 1:
-            raise ValueError("a single-metric result needs exactly one curve")
-        per = {name: result.evidence for name in curves}
-    fig, axes = plt.subplots(len(curves) + 1, 1, sharex=True, squeeze=False,
-                             figsize=(8, 2.2 * (len(curves) + 1)))
-    axes = axes[:, 0]
+    if "metrics" not in result.evidence and len(curves) != 1:
+        raise ValueError("a detect_knee result goes with exactly one curve")
+    per = result.evidence.get("metrics") or {name: result.evidence for name in curves}
+    fig = Figure(figsize=(8, 2.2 * (len(curves) + 1)))
+    axes = fig.subplots(len(curves) + 1, 1, sharex=True, squeeze=False)[:, 0]
     label = f"knee @ step {result.step}" if result.found else f"no knee ({result.phase})"
     for ax, (name, (st, va, hib)) in zip(axes, curves.items()):
         e = per.get(name, {})
-        ax.plot(st, va, "o", ms=3, alpha=0.5, label=f"{name} ({'higher' if hib else 'lower'} "
-                "is better)")
+        better = "higher" if hib else "lower"
+        ax.plot(st, va, "o", ms=3, alpha=0.5, label=f"{name} ({better} is better)")
         if e.get("smoothed"):
             xs = e["steps"][e["offset"]:e["offset"] + len(e["smoothed"])]
             ax.plot(xs, e["smoothed"], "-", lw=1.8, label=f"{name} smoothed")
@@ -407,4 +396,3 @@ def plot_knee(curves: dict, result: KneeResult, path) -> None:
     axes[0].set_title(f"{result.phase}: {label} (confidence {result.confidence:.2f})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

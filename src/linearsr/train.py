@@ -26,7 +26,7 @@ from .data import TrainStream, build_data, fixed_validation_set, seed_for
 from .loss import FlowMatchingLoss
 from .model import LinearSRModel
 from .sample import super_resolve
-from .schedule import TimeSampler
+from .experts import expert_intervals
 from .train_config import TrainConfig
 from .train_state import (EMA, has_train_state, load_train_state, prune_snapshots, read_metrics,
                           save_train_state, snapshot_dir)
@@ -106,7 +106,28 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
         scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
         scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
-    return {k: sum(v) / len(v) for k, v in scores.items()}
+    result = {k: sum(v) / len(v) for k, v in scores.items()}
+    result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], cfg.validation.seed, device)
+    if model.config.num_experts > 1:  # each expert's own curve, on timesteps inside its interval
+        for k, (a, b) in enumerate(expert_intervals(model.config.expert_boundaries)):
+            ts = [a + (b - a) * q for q in (0.25, 0.5, 0.75)]
+            result[f"val_loss_e{k}"] = validation_loss(model, val, ts, cfg.validation.seed, device)
+    return result
+
+
+@torch.no_grad()
+def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int, device: torch.device) -> float:
+    """Flow-matching loss on the fixed set at fixed times with fixed noise: a low-noise curve."""
+    total, count = 0.0, 0
+    for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
+        hr, lr = hr[None].to(device), lr[None].to(device)
+        x = model.encode_target(hr, lr)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
+        for t in ts:
+            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr)
+            total += float((v.float() - (x - noise)).pow(2).mean())
+            count += 1
+    return total / count
 
 
 def plot_curves(run_dir: Path) -> None:
@@ -157,12 +178,25 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dd.device)
     model.config.provenance = {**model.config.provenance, "train_config": str(run_dir / "config.yaml")}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            weight_decay=cfg.optim.weight_decay)
+    sampler = cfg.time_sampler(model.config.shift)
+    trainable = list(model.parameters())
+    if cfg.experts.train != "all":  # one expert at a time: only its timesteps, only its weights
+        k = int(cfg.experts.train)
+        sampler.t_min, sampler.t_max = expert_intervals(model.config.expert_boundaries)[k]
+        for i, expert in enumerate(model.experts):
+            expert.requires_grad_(i == k)
+        trainable = list(model.experts[k].parameters())
+    loss_fn = FlowMatchingLoss(sampler)
+    if hooks is None and cfg.guard.rollback:
+        from .esgf import DivergenceGuard
+
+        hooks = DivergenceGuard(model, cfg)
+    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
     step = 0
     if resume and has_train_state(run_dir):
-        step, _ = load_train_state(run_dir, model, ema, opt)
+        step, extra = load_train_state(run_dir, model, ema, opt)
+        cfg.optim.lr = extra.get("lr", cfg.optim.lr)  # a rollback may have lowered it
     if dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -177,10 +211,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     train_pool, val_pool = build_data(cfg.data, model.config.scale, cfg.seed)
     val_set = fixed_validation_set(val_pool, cfg.data, model.config.scale, cfg.seed, model.config.multiple)
     stream = TrainStream(train_pool, cfg.data, model.config.scale, cfg.optim.batch_size, cfg.seed, dd.rank, step)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.data.workers,
-                                         persistent_workers=False)
-    t = cfg.time
-    loss_fn = FlowMatchingLoss(TimeSampler(kind=t.kind, mean=t.mean, std=t.std, shift=model.config.shift))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.data.workers)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dd.device.type == "cuda")
     eval_model = LinearSRModel(model.config).to(dd.device)
 
@@ -204,7 +235,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         grad_norm = float("nan")
         if ok:
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip))
             ok = dd.all_true(math.isfinite(grad_norm))
         if ok:
             opt.step()
@@ -215,7 +246,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             opt.zero_grad(set_to_none=True)
             log.write("event", step=step, event="non_finite", loss=float(loss.detach()), consecutive=bad)
             if bad >= cfg.guard.max_bad_steps:
-                if hooks is not None and hooks.on_bad_steps(model=model, ema=ema, opt=opt, step=step, log=log):
+                if hasattr(hooks, "on_bad_steps") and hooks.on_bad_steps(model=model, ema=ema, opt=opt, step=step, log=log):
                     bad = 0
                 else:
                     msg = (f"stopped at step {step}: {bad} non-finite losses in a row; the last good state "
@@ -231,7 +262,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr_at(step - 1, cfg):.2e}")
             log.write("train", step=step, loss=lv, lr=lr_at(step - 1, cfg), grad_norm=grad_norm,
                       elapsed_s=round(time.time() - started, 2))
-        if hooks is not None and hasattr(hooks, "after_step") and ok:
+        if ok and hasattr(hooks, "after_step"):
             hooks.after_step(step=step, loss=float(loss.detach()), model=model, ema=ema, opt=opt, log=log)
 
         stop_now = False
@@ -252,7 +283,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             stop_now = dd.all_true(stop_now) if dd.world > 1 else stop_now
         if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_now:
             if dd.main:
-                save_train_state(run_dir, model, ema, opt, step)
+                save_train_state(run_dir, model, ema, opt, step, extra={"lr": cfg.optim.lr})
             dd.barrier()
         if stop_now:
             summary["stopped"] = "early_stop"

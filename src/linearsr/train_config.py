@@ -67,13 +67,29 @@ class CheckpointConfig:
 
 @dataclass
 class GuardConfig:
-    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops (or rolls back, see ESGF)
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops (or rolls back)
+    # ESGF divergence guard: on a loss spike or repeated NaN, roll back to the starting (knee) weights,
+    # lower the learning rate and go on; after `max_rollbacks` the run stops.
+    rollback: bool = False
+    lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    spike_factor: float = 4.0  # mean loss of the last `spike_window` steps > factor x running baseline
+    spike_window: int = 10
+    baseline_beta: float = 0.98  # EMA of the loss that serves as the baseline
 
 
 @dataclass
 class EarlyStopConfig:
     enabled: bool = False  # ESGF: stop when the knee detector sees sustained oscillation/decline
     min_confidence: float = 0.6
+
+
+@dataclass
+class ExpertsConfig:
+    count: int = 1  # K experts (a power of two); 1 = the plain model
+    spacing: str = "snr"  # "snr" (hierarchical log-SNR bisection) or "uniform" (equal t intervals, ablation)
+    anchor: str | float = "median"  # see experts.py
+    train: str | int = "all"  # "all" at once (each sample routed by its t) or one expert's index
 
 
 @dataclass
@@ -93,9 +109,22 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+
+    def time_sampler(self, shift: float):
+        from .schedule import TimeSampler
+
+        return TimeSampler(kind=self.time.kind, mean=self.time.mean, std=self.time.std, shift=shift)
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig.from_size(self.model_size, **self.model)
+        """The named size + overrides, with expert boundaries computed from this config's schedule."""
+        cfg = ModelConfig.from_size(self.model_size, **self.model)
+        if self.experts.count > 1 and "expert_boundaries" not in self.model:
+            from .experts import boundaries_for
+
+            e = self.experts
+            cfg = cfg.replace(expert_boundaries=boundaries_for(e.count, e.spacing, self.time_sampler(cfg.shift), e.anchor))
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
