@@ -118,3 +118,14 @@ def test_fresh_model_starts_at_zero_output():
     # ... and a clean-prediction residual model predicts "no residual": one step gives exactly bicubic
     model = LinearSRModel(tiny_config()).eval()
     assert torch.allclose(super_resolve(model, lr, steps=1), model.upsample_lr(lr), atol=1e-6)
+
+
+def test_rows_without_tags_use_the_null_tokens(tiny_model):
+    lr = torch.rand(2, 3, 8, 8) * 2 - 1
+    x = torch.randn(tiny_model.latent_shape(lr))
+    ctx = torch.randn(2, 3, 12)
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # row 1: no tags at all
+    out = tiny_model(x, 0.5, lr, ctx, mask)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[1], tiny_model(x[1:], 0.5, lr[1:])[0], atol=1e-5)  # == unconditioned
+    assert torch.allclose(out[0], tiny_model(x[:1], 0.5, lr[:1], ctx[:1, :2])[0], atol=1e-5)

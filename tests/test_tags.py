@@ -193,56 +193,36 @@ def test_load_tagger_module_and_entry_point(tmp_path, monkeypatch):
 
 
 # ---- null rows and the training helper ------------------------------------------------------------------
-def test_with_null_rows_masks_and_gradients():
-    ctx, mask = T.pad_rows([torch.ones(3, 4), None, torch.ones(1, 4)], 4)
-    null = torch.nn.Parameter(torch.full((2, 4), 7.0))
-    out, m = T.with_null_rows(ctx, mask, None, null)
-    assert out.shape == (3, 3, 4)
-    assert m.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
-    assert torch.equal(out[1, :2], null.detach()) and torch.equal(out[1, 2], torch.zeros(4))
-    assert torch.equal(out[0], torch.ones(3, 4))
-    out.sum().backward()
-    assert null.grad is not None and null.grad.abs().sum() > 0
-    # a longer null sequence than the tags; all rows empty with context None
-    out, m = T.with_null_rows(None, None, [True, True], torch.zeros(1, 5, 4))
-    assert out.shape == (2, 5, 4) and m.all()
-
-
 def test_batch_context_dropout_is_deterministic_and_at_rate():
     table = T.TagTable({f"img{i}.jpg": ["cat", f"thing {i % 7}"] for i in range(400)},
                        {f"img{i}.jpg": f"A picture number {i}." for i in range(400)})
     names = list(table.tags) + ["untagged.jpg"]
-    null = torch.zeros(1, T.TAG_DIM)
     enc = FakeEncoder()
-    a = T.batch_context(names, table, enc, 0.25, random.Random(3), null)
-    b = T.batch_context(names, table, enc, 0.25, random.Random(3), null)
-    c = T.batch_context(names, table, enc, 0.25, random.Random(4), null)
+    a = T.batch_context(names, table, enc, 0.25, random.Random(3))
+    b = T.batch_context(names, table, enc, 0.25, random.Random(3))
+    c = T.batch_context(names, table, enc, 0.25, random.Random(4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
     real = a[1][:, 1]  # rows that kept their two tags
     assert 0.19 < 1 - real[:-1].float().mean().item() < 0.31
-    assert not real[-1] and a[1][-1].tolist() == [True, False]  # the untagged row holds one null token
+    assert a[1][-1].tolist() == [False, False]  # the untagged row: all masked, the backbone fills it
     g = torch.Generator().manual_seed(0)
-    ctx, mask = T.batch_context(names[:8], table, enc, 0.0, g, null, mode="caption")
+    ctx, mask = T.batch_context(names[:8], table, enc, 0.0, g, mode="caption")
     assert ctx.shape == (8, 1, T.TAG_DIM) and mask.all()  # one token per caption
-    assert T.batch_context(names, table, enc, 1.0, random.Random(0), null) == (None, None)
-    assert T.batch_context(names, table, enc, 0.0, random.Random(0), null, mode="none") == (None, None)
+    assert T.batch_context(names, table, enc, 1.0, random.Random(0)) == (None, None)
+    assert T.batch_context(names, table, enc, 0.0, random.Random(0), mode="none") == (None, None)
 
 
 def test_null_rows_sample_like_no_encoder():
     model = randomize(LinearSRModel(tiny_config(cond_dim=384))).eval()
     lr = torch.rand(2, 3, 8, 8) * 2 - 1
-    null = model.experts[0].null_tokens.detach()
     plain = super_resolve(model, lr, steps=2, seed=1)
     # no tags at all: the encoder says "none" and sampling is the unconditioned path
     ctx, mask = FakeEncoder()([])
     assert torch.equal(super_resolve(model, lr, steps=2, seed=1, context=ctx, context_mask=mask), plain)
-    # the model's null tokens written explicitly into every row
-    ctx, mask = T.with_null_rows(None, None, [True, True], null)
-    assert torch.allclose(super_resolve(model, lr, steps=2, seed=1, context=ctx, context_mask=mask), plain, atol=1e-5)
-    # mixed batch: row 0 tagged (2 tokens), row 1 empty -> null token + a masked pad
+    # mixed batch: row 0 tagged (2 tokens), row 1 empty -> an all-masked row, filled with null tokens
     table = T.TagTable({"a.jpg": ["cat", "grass"]})
-    ctx, mask = T.batch_context(["a.jpg", "b.jpg"], table, FakeEncoder(), 0.0, random.Random(0), null)
-    assert mask.tolist() == [[True, True], [True, False]]
+    ctx, mask = T.batch_context(["a.jpg", "b.jpg"], table, FakeEncoder(), 0.0, random.Random(0))
+    assert mask.tolist() == [[True, True], [False, False]]
     mixed = super_resolve(model, lr, steps=2, seed=1, context=ctx, context_mask=mask)
     assert torch.allclose(mixed[1], plain[1], atol=1e-5)
     assert not torch.allclose(mixed[0], plain[0], atol=1e-3)  # the tags do change the tagged row

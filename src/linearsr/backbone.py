@@ -101,6 +101,26 @@ class LinearSRBackbone(nn.Module):
         """The learned "no tags" condition, (batch, num_null_tokens, cond_dim)."""
         return self.null_tokens[None].expand(batch, -1, -1)
 
+    def _fill_null_rows(self, b: int, context, mask):
+        """No context, or rows whose mask is all False (no tags, tag dropout): this backbone's own null
+        tokens stand in. Doing it here means every expert of a mixture uses its own, and no softmax ever
+        sees a row with nothing to attend to."""
+        if context is None:
+            return self.null_context(b), None
+        if mask is None:
+            return context, None
+        empty = ~mask.any(dim=1)
+        if not bool(empty.any()):
+            return context, mask
+        n_null, length = self.null_tokens.shape[0], max(context.shape[1], self.null_tokens.shape[0])
+        context = F.pad(context, (0, 0, 0, length - context.shape[1]))
+        mask = F.pad(mask, (0, length - mask.shape[1]), value=False)
+        null_rows = F.pad(self.null_context(b).to(context.dtype), (0, 0, 0, length - n_null))
+        null_mask = torch.arange(length, device=mask.device) < n_null
+        context = torch.where(empty[:, None, None], null_rows, context)
+        mask = torch.where(empty[:, None], null_mask[None], mask)
+        return context, mask
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, lr: torch.Tensor,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, h, w) noisy grid; t: (B,) or scalar in [0, 1]; lr: (B, 3, H/scale, W/scale) in [-1, 1];
@@ -123,8 +143,7 @@ class LinearSRBackbone(nn.Module):
         t_emb = self.time_embed(t).to(tokens.dtype)
         t_mod = self.time_mod(F.silu(t_emb))
         if self.config.cross_attention:
-            if context is None:
-                context, context_mask = self.null_context(b), None
+            context, context_mask = self._fill_null_rows(b, context, context_mask)
             context = self.caption_norm(self.caption_projection(context.to(tokens.dtype)))
 
         for block in self.blocks:

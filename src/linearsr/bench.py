@@ -11,9 +11,9 @@ Sizes are output (HR) sides in pixels; the LR input is size / scale. Per (size, 
   peak_mem   CPU: peak resident set (VmHWM) of a fresh child process that ran this one configuration,
              plus its growth over the idle process with model and inputs; CUDA: max_memory_allocated.
 and the achieved FLOP/s against a matmul peak measured on the same device (best of a few large fp32 matmuls).
-Softmax sizes whose predicted time exceeds `time_cap` are skipped with a reason (on CPU and CUDA PyTorch
-uses flash-style kernels, so softmax memory is O(N) and time is what runs out). `breakdown` times one
-forward per module category (forward hooks, self time). Real-ESRGAN x4plus (peers.py) is timed too.
+Sizes whose predicted time exceeds `time_cap` are skipped with a reason (PyTorch's softmax kernels on CPU
+and CUDA are flash-style, O(N) memory: time runs out first). `breakdown`: self time of one forward per
+module category (forward hooks). Real-ESRGAN x4plus is timed by peers.bench_realesrgan.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -32,24 +33,19 @@ import torch
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# ---- memory ---------------------------------------------------------------------------------------------
 def proc_status_bytes(field: str) -> int | None:
     """A `kB` field of /proc/self/status (VmRSS, VmHWM) in bytes; None where there is no /proc."""
     try:
         with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
+            return next((int(l.split()[1]) * 1024 for l in fh if l.startswith(field + ":")), None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False where that is impossible."""
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
@@ -85,7 +81,6 @@ class PeakMemory:
             self.peak_bytes = self.cuda_peak_bytes
 
 
-# ---- model, FLOPs, device ------------------------------------------------------------------------------
 def build_model(model: str | None = None, size: str | None = None, attention: str | None = None,
                 device="cpu", fake: bool = False):
     """A LinearSRModel in eval mode without gradients: a folder / bundled name (`model`), or random weights
@@ -96,24 +91,17 @@ def build_model(model: str | None = None, size: str | None = None, attention: st
     from .model import LinearSRModel
 
     over = {"attention": attention} if attention else {}
+    cfg = (load_config(model) if model else ModelConfig.from_size(size or "small")).replace(**over)
+    if fake:
+        return cfg
+    net = LinearSRModel(cfg)
     if model:
-        cfg = load_config(model).replace(**over)
-        if fake:
-            return cfg
-        loaded = load_pretrained(model)
-        net = LinearSRModel(cfg)
-        net.load_state_dict(loaded.state_dict())
-    else:
-        cfg = ModelConfig.from_size(size or "small", **over)
-        if fake:
-            return cfg
-        net = LinearSRModel(cfg)
+        net.load_state_dict(load_pretrained(model).state_dict())
     return net.to(device).eval().requires_grad_(False)
 
 
 def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    b, h, nq, d = q
-    return 2 * b * h * nq * k[2] * d + 2 * b * h * nq * k[2] * v[3]
+    return 2 * q[0] * q[1] * q[2] * k[2] * (q[3] + v[3])  # Q K^T and P V
 
 
 def _flop_mapping() -> dict:
@@ -158,11 +146,10 @@ def describe_device(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    name = "unknown CPU"
     try:
         name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        name = "unknown CPU"
     return f"cpu: {name}, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs"
 
 
@@ -185,7 +172,6 @@ def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf) 
     return times
 
 
-# ---- one configuration --------------------------------------------------------------------------------
 def measure_config(job: dict) -> dict:
     """Time and memory of one (size, attention) in this process. job keys: model, size_name, attention,
     size, steps, device, precision, compile, repeats, warmup, budget."""
@@ -215,27 +201,18 @@ def measure_config(job: dict) -> dict:
             "mem_growth_bytes": mem.peak_bytes}
 
 
-def measure_realesrgan(job: dict) -> dict:
-    """Whole-image Real-ESRGAN x4plus time at output side job['size'] (LR = size / 4), in this process."""
-    import numpy as np
-    from PIL import Image
+def _measure(job: dict) -> dict:
+    if job.get("kind") == "realesrgan":
+        from .peers import measure_realesrgan
 
-    from .peers import realesrgan_upscale
-
-    side = job["size"] // 4
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
-    realesrgan_upscale(Image.new("RGB", (32, 32)))  # loads the network
-    with PeakMemory("cpu") as mem:
-        runs = _timed(lambda: realesrgan_upscale(img), "cpu", job["repeats"], 0, job.get("budget", math.inf))
-    return {"total_s": statistics.median(runs), "total_runs": runs, "peak_mem_bytes": mem.peak_rss_bytes,
-            "mem_growth_bytes": mem.peak_bytes}
+        return measure_realesrgan(job)
+    return measure_config(job)
 
 
 def run_job(job: dict, isolate: bool, timeout: float | None = None) -> dict:
     """Run a measurement here or in a fresh `python -m linearsr.bench` child (honest peak RSS)."""
-    fn = measure_realesrgan if job.get("kind") == "realesrgan" else measure_config
-    if not isolate:
-        return fn(job)
+    if not isolate:  # peak memory then includes whatever this process already had resident
+        return _measure(job)
     proc = subprocess.run([sys.executable, "-m", "linearsr.bench", json.dumps(job)], capture_output=True,
                           text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
@@ -246,7 +223,11 @@ def run_job(job: dict, isolate: bool, timeout: float | None = None) -> dict:
 
 
 # ---- breakdown ----------------------------------------------------------------------------------------
+_LINEARS = ("time_mod", "proj_out")
+
+
 def _category(name: str, module) -> str:
+    """The breakdown group of a module, from its path inside one expert (e.g. "blocks.3.ff.conv_depth")."""
     leaf = name.rsplit(".", 1)[-1]
     if ".lr_stem" in f".{name}" or leaf == "patch_embed":
         return "LR stem + patch embed"
@@ -260,7 +241,7 @@ def _category(name: str, module) -> str:
         return "Mix-FFN 1x1 convs"
     if leaf == "ff":
         return "Mix-FFN activations"
-    if isinstance(module, torch.nn.Linear) or leaf.startswith("linear_") or leaf.startswith("to_"):
+    if isinstance(module, torch.nn.Linear) or leaf.startswith(("linear_", "to_")) or leaf in _LINEARS:
         return "linears"
     if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or "norm" in leaf:
         return "norms"
@@ -270,11 +251,18 @@ def _category(name: str, module) -> str:
 def flop_categories(counts: dict) -> dict:
     """Per-module FLOP counts (FlopCounterMode, nested) -> self FLOPs per category {cat: {op: n}}."""
     mods = {k.split(".", 1)[1] if "." in k else "": v for k, v in counts.items() if k != "Global"}
+    kids: dict[str, list[str]] = {}
+    for name in mods:  # parent = nearest tracked ancestor (ModuleLists are never called, so never tracked)
+        parent = name
+        while parent:
+            parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+            if parent in mods:
+                break
+        if name:
+            kids.setdefault(parent, []).append(name)
     out: dict = {}
     for name, ops in mods.items():
-        kids = [k for k in mods if k.startswith(name + ".") and "." not in k[len(name) + 1:]] if name else \
-            [k for k in mods if k and "." not in k]
-        own = {op: n - sum(mods[k].get(op, 0) for k in kids) for op, n in ops.items()}
+        own = {op: n - sum(mods[k].get(op, 0) for k in kids.get(name, [])) for op, n in ops.items()}
         cat = _category(name, None)
         for op, n in own.items():
             if n:
@@ -283,9 +271,9 @@ def flop_categories(counts: dict) -> dict:
     return out
 
 
-def breakdown(net, size: int, device="cpu", precision: str = "fp32") -> dict:
-    """Self time per module category for one forward (forward hooks; CUDA synchronises in each hook),
-    with the counted FLOPs per category and the achieved FLOP/s."""
+def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int = 3) -> dict:
+    """Self time per module category of one forward, the mean of `runs` after a warm-up (forward hooks;
+    on CUDA each hook synchronises), with the counted FLOPs per category and the achieved FLOP/s."""
     device, amp = torch.device(device), PRECISIONS[precision]
     cfg = net.config
     lr = torch.rand(1, 3, size // cfg.scale, size // cfg.scale, device=device) * 2 - 1
@@ -302,7 +290,7 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32") -> dict:
         _sync(device)
         start, kids = stack.pop()
         incl = time.perf_counter() - start
-        cat = _category(names[mod].removeprefix("experts.0."), mod)
+        cat = _category(re.sub(r"^experts\.\d+\.", "", names[mod]), mod)
         self_time[cat] = self_time.get(cat, 0.0) + incl - kids
         if stack:
             stack[-1][1] += incl
@@ -310,21 +298,102 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32") -> dict:
     hooks = [h for m in net.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            net(x, t, lr)  # warm-up
-            self_time.clear()
-            net(x, t, lr)
+            for i in range(runs + 1):  # run 0 is the warm-up
+                if i == 1:
+                    self_time.clear()
+                net(x, t, lr)
     finally:
         for h in hooks:
             h.remove()
     _, flops = forward_flops(cfg, size)
+    self_time = {k: v / runs for k, v in self_time.items()}
     total = sum(self_time.values())
-    return {"size": size, "attention": cfg.attention, "total_s": total, "groups": {
+    return {"size": size, "attention": cfg.attention, "runs": runs, "total_s": total, "groups": {
         cat: {"seconds": s, "fraction": s / total, "flops": flops.get(cat, 0),
               "flops_per_s": flops.get(cat, 0) / s if s > 0 else None}
         for cat, s in sorted(self_time.items(), key=lambda kv: -kv[1])}}
 
 
+# ---- the whole benchmark ------------------------------------------------------------------------------
+ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s_per_mp", "total_s_per_mp", "flops",
+            "achieved_flops_per_s", "peak_fraction", "peak_mem_bytes", "mem_growth_bytes", "skipped_reason")
+
+
+def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
+              attentions=("linear", "softmax"), steps: int = 1, device: str = "cpu", precision: str = "auto",
+              compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0,
+              peers: bool = True, peer_sizes=None, isolate: bool = True, breakdown_size: int | None = 1024,
+              log=None) -> dict:
+    """Measure every (size, attention) and the peers; returns the JSON-ready result (see module doc).
+    `log(message)` gets progress strings and each finished row (a dict)."""
+    log = log or (lambda _msg: None)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .backbone import count_parameters
+    from .model import LinearSRModel
+
+    dev = torch.device(device)
+    precision = ("bf16" if dev.type == "cuda" else "fp32") if precision == "auto" else precision
+    base = build_model(model, size, fake=True)
+    with FakeTensorMode():
+        fake = LinearSRModel(base)
+        params, per_forward = count_parameters(fake), count_parameters(fake.experts[0])
+    peak = matmul_peak(dev, PRECISIONS[precision] or torch.float32)
+    log(f"matmul peak on {describe_device(dev)}: {peak / 1e9:.1f} GFLOP/s ({precision})")
+    load = [os.getloadavg()] if hasattr(os, "getloadavg") else []
+    common = dict(model=model, size_name=size, steps=steps, device=str(dev), precision=precision,
+                  compile=compile, repeats=repeats, warmup=warmup, budget=time_cap)
+    rows = []
+    for att in attentions:
+        cfg, rate = base.replace(attention=att), None
+        for s in sorted(sizes):
+            row = dict.fromkeys(ROW_KEYS)
+            row.update(size=s, attention=att, megapixels=s * s / 1e6, tokens=(s // cfg.multiple) ** 2)
+            if s % cfg.multiple:
+                row["skipped_reason"] = f"size is not a multiple of the model's {cfg.multiple}"
+                rows.append(row)
+                continue
+            row["flops"], _ = forward_flops(cfg, s)
+            guess = None if rate is None else row["flops"] / rate * (warmup + 1 + steps)
+            if guess is not None and guess > time_cap:
+                row["skipped_reason"] = (f"predicted {guess:.0f} s (warm-up + 1 forward + {steps}-step upscale, "
+                                         f"from the FLOP rate at the previous size) > time cap {time_cap:g} s")
+            else:
+                try:
+                    got = run_job({**common, "attention": att, "size": s}, isolate, timeout=3 * time_cap + 300)
+                except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
+                    row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
+                else:
+                    row.update({k: got[k] for k in ("nfe1_s", "total_s", "peak_mem_bytes", "mem_growth_bytes")})
+                    row["s_per_mp"] = row["nfe1_s"] / row["megapixels"]
+                    row["total_s_per_mp"] = row["total_s"] / row["megapixels"]
+                    rate = row["achieved_flops_per_s"] = row["flops"] / row["nfe1_s"]
+                    row["peak_fraction"] = rate / peak
+            rows.append(row)
+            log(row)
+    peer_rows = []
+    if peers:
+        from .peers import bench_realesrgan
+
+        peer_rows = bench_realesrgan(peer_sizes or [s for s in sizes if s <= 1024], repeats=repeats,
+                                     time_cap=time_cap, isolate=isolate, log=log)
+    parts = {}
+    for att in attentions:
+        done = [r["size"] for r in rows if r["attention"] == att and r["nfe1_s"] is not None]
+        pick = breakdown_size if breakdown_size in done else max((d for d in done if d <= (breakdown_size or 0)),
+                                                                  default=None)
+        if pick:
+            log(f"breakdown: {att} attention at {pick}px")
+            net = build_model(model, size, att, dev)
+            parts[att] = breakdown(net, pick, dev, precision, runs=min(repeats, 3))
+            del net
+    load += [os.getloadavg()] if hasattr(os, "getloadavg") else []
+    return {"device": describe_device(dev), "model": model or f"random weights, size {size!r}",
+            "config": base.to_dict(), "params": params, "params_per_forward": per_forward, "precision": precision,
+            "compile": compile, "steps": steps, "repeats": repeats, "warmup": warmup, "time_cap_s": time_cap,
+            "isolated": isolate, "torch": torch.__version__, "load_average_start_end": load,
+            "matmul_peak_flops_per_s": peak, "rows": rows, "peers": peer_rows, "breakdown": parts}
+
+
 if __name__ == "__main__":  # child of run_job: one measurement, result on stdout
-    _job = json.loads(sys.argv[1])
-    _fn = measure_realesrgan if _job.get("kind") == "realesrgan" else measure_config
-    print("BENCH_RESULT " + json.dumps(_fn(_job)), flush=True)
+    print("BENCH_RESULT " + json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)

@@ -253,7 +253,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
         "device": str(runner.device), "data": str(folder), "degradation": degradation, "scale": scale,
         "crop": crop, "seed": seed, "images": rows, "methods": order,
         "mean": {m: _means([r["methods"][m] for r in rows]) for m in order},
-        "skipped_baselines": [b for b in baselines if b not in methods],
+        "baselines": list(baselines), "skipped_baselines": [b for b in baselines if b not in methods],
         "unsupported_metrics": UNSUPPORTED, "notes": notes, "memory_method": PeakMemory.METHOD,
     }
     if out_dir is not None:
@@ -306,16 +306,18 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
     for k, (_, up) in COLUMNS.items():
         vals = [mean[m].get(k) for m in methods if m != HR and mean[m].get(k) is not None]
         best[k] = (max if up else min)(vals) if vals else None
-    for m in methods:
+    for m in [*results["baselines"], LINEARSR, HR]:
+        if m not in methods:
+            lines.append(f"| {_label(m)} | " + " | ".join("skipped" for _ in COLUMNS) + " |")
+            continue
         cells = []
         for k in COLUMNS:
             v = mean[m].get(k)
-            text = "—" if v is None else (f"{v:.2f}" if k in ("psnr", "psnr_y", "niqe", "brisque", "seconds") else
-                                          f"{v:.0f}" if k == "peak_mem_mb" else f"{v:.4f}")
+            text = "—" if v is None else (f"{v:.2f}" if k in ("psnr", "psnr_y", "niqe", "brisque") else
+                                          f"{v:.3f}" if k == "seconds" else f"{v:.1f}" if k == "peak_mem_mb"
+                                          else f"{v:.4f}")
             cells.append(f"**{text}**" if v is not None and v == best[k] and m != HR else text)
         lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
-    for b in results["skipped_baselines"]:
-        lines.append(f"| {_label(b)} | " + " | ".join("skipped" for _ in COLUMNS) + " |")
     lines += ["", "Means over images; best per column (HR excluded) in bold. PSNR/SSIM crop a border of "
               f"{results['scale']} px; Y = BT.601 luma. Time is wall time per image after one untimed warm-up; "
               f"peak memory: {results['memory_method']}.", "", "## Notes", ""]

@@ -47,7 +47,7 @@ class KneeConfig:
     robust_iterations: int = 2         # trend: bisquare re-weighting passes against outliers
     min_points: int = 6                # fewer finite points -> phase "too_short"
     plateau_tolerance: float = 0.05    # recent gain below this x range => plateau (rule 6)
-    plateau_window: int | None = None  # points judged for plateau; None -> max(osc. window, n//4)
+    plateau_window: int | None = None  # points judged for plateau; None -> max(osc. window, n//3)
     plateau_z: float = 1.5             # standard errors of slack that noise gives to "rising"
     oscillation_window: int = 8        # centred window (points) of the oscillation measure
     oscillation_threshold: float = 3.0  # swing scale / noise that counts as oscillation
@@ -292,7 +292,7 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
         return result(True, knee, phase, conf, f"Knee at step {step_of[first + knee]}: {why} "
                       f"begins at step {ev['onset_step']}.")
 
-    pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 4), 3))
+    pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 3), 3))
     # Theil-Sen slope (median of pairwise slopes; one bad evaluation cannot tilt it); standard
     # error from the noise sigma (the OLS formula at Theil-Sen's 91% efficiency).
     i, j = np.triu_indices(pw, 1)
@@ -341,8 +341,8 @@ def detect_knee_multi(curves: dict, config: KneeConfig | None = None) -> KneeRes
         kn = min(agreed, key=lambda r: r.step)
         return KneeResult(True, kn.step, kn.index, kn.phase,
                           float(np.mean([r.confidence for r in agreed])),
-                          f"Knee at step {kn.step}: sustained trouble in "
-                          f"{', '.join(k for _, k in hits[:need])} by step {hits[need - 1][0]}.", ev)
+                          f"Knee at step {kn.step}: sustained trouble in " + ", ".join(
+                              k for _, k in hits[:need]) + f" by step {hits[need - 1][0]}.", ev)
     for phase in ("rising", "too_short"):
         names = [k for k, r in res.items() if r.phase == phase]
         if names:

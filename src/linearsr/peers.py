@@ -122,3 +122,56 @@ def _realesrgan(img: Image.Image, scale: float = 4) -> Image.Image:
 #: name -> callable(PIL, scale) -> PIL, in the order reports list them.
 BASELINES = {"bicubic": bicubic_upscale, "lanczos": lanczos_upscale, "realesrgan": _realesrgan}
 BASELINE_LABELS = {"bicubic": "Bicubic", "lanczos": "Lanczos", "realesrgan": "Real-ESRGAN x4plus"}
+
+
+# ---- benchmark helpers (used by bench.py; a measurement may run in a fresh child process) ----------------
+def measure_realesrgan(job: dict) -> dict:
+    """Whole-image Real-ESRGAN x4plus time at output side job["size"] (LR = size / 4), in this process.
+    The network is loaded by an untimed call on a 32 px image first."""
+    import statistics
+
+    import numpy as np
+
+    from .bench import PeakMemory, _timed
+
+    side = job["size"] // REALESRGAN_SCALE
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    realesrgan_upscale(Image.new("RGB", (32, 32)))
+    with PeakMemory("cpu") as mem:
+        runs = _timed(lambda: realesrgan_upscale(img), "cpu", job["repeats"], 0, job.get("budget", float("inf")))
+    return {"total_s": statistics.median(runs), "total_runs": runs, "peak_mem_bytes": mem.peak_rss_bytes,
+            "mem_growth_bytes": mem.peak_bytes}
+
+
+def bench_realesrgan(sizes, *, repeats: int = 3, time_cap: float = 300.0, isolate: bool = True,
+                     log=None) -> list[dict]:
+    """Rows {name, size, megapixels, total_s, s_per_mp, peak_mem_bytes, skipped_reason} per output size.
+    A size whose time, extrapolated by pixel count from the previous one, exceeds `time_cap` is skipped."""
+    import subprocess
+
+    from .bench import run_job
+
+    why, last, rows = realesrgan_unavailable_reason(), None, []
+    for s in sorted(sizes):
+        row = {"name": "realesrgan-x4plus", "size": s, "megapixels": s * s / 1e6, "total_s": None,
+               "s_per_mp": None, "peak_mem_bytes": None, "skipped_reason": why}
+        guess = None if last is None else last[1] * (s / last[0]) ** 2
+        if why is None and s % REALESRGAN_SCALE:
+            row["skipped_reason"] = f"size is not a multiple of {REALESRGAN_SCALE}"
+        elif why is None and guess is not None and guess > time_cap:
+            row["skipped_reason"] = f"predicted {guess:.0f} s (by pixel count) > time cap {time_cap:g} s"
+        elif why is None:
+            try:
+                got = run_job({"kind": "realesrgan", "size": s, "repeats": repeats, "budget": time_cap},
+                              isolate, timeout=3 * time_cap + 300)
+            except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
+                row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
+            else:
+                row.update(total_s=got["total_s"], s_per_mp=got["total_s"] / row["megapixels"],
+                           peak_mem_bytes=got["peak_mem_bytes"])
+                last = (s, got["total_s"])
+        rows.append(row)
+        if log:
+            log(f"Real-ESRGAN x4plus {s:>5}px: " + (f"{row['total_s']:.2f} s ({row['s_per_mp']:.2f} s/MP)"
+                                                   if row["total_s"] else f"skipped ({row['skipped_reason']})"))
+    return rows

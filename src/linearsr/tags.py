@@ -26,9 +26,8 @@ callable PIL image -> list of tags. A RAM (recognize-anything) tagger with local
             english, _ = inference_ram(_tf(image.convert("RGB"))[None], _model)
         return english.split(" | ")
 
-No tags means the model's learned null tokens. The backbone swaps `context=None` for them only for a
-whole batch; a batch mixing rows with and without tags goes through `with_null_rows`, which writes the
-null tokens into the empty rows (rows whose mask is all False must never reach softmax cross-attention).
+No tags means the model's learned null tokens: the backbone uses them for `context=None` and for every
+row whose mask is all False, each expert its own (see `LinearSRBackbone._fill_null_rows`).
 """
 
 from __future__ import annotations
@@ -182,7 +181,7 @@ class TagEncoder:
     def encode_batch(self, rows: Sequence[Sequence[str]], max_tags: int | None = DEFAULT_MAX_TAGS,
                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Rows of tags -> (context (B, Lmax, dim) zero-padded, mask (B, Lmax)); rows without tags have an
-        all-False mask (give them null tokens with `with_null_rows`); (None, None) if every row is empty."""
+        all-False mask (the backbone gives them its null tokens); (None, None) if every row is empty."""
         return pad_rows([self.embed(r, max_tags) for r in rows], self.dim)
 
 
@@ -297,41 +296,6 @@ def load_tagger(spec: str) -> Callable[[object], list[str]]:
 
 
 # ---- training -----------------------------------------------------------------------------------------
-def with_null_rows(context: torch.Tensor | None, mask: torch.Tensor | None, empty_rows, null_tokens: torch.Tensor,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put the model's null tokens into the rows that have no tags.
-
-    context (B, L, D) or None; mask (B, L) or None (= all True); empty_rows: (B,) bools, or None to take
-    the rows whose mask is all False; null_tokens: (Ln, D), (1, Ln, D) or (B, Ln, D) -- per-row null tokens
-    serve a mixture of experts, where each sample's expert has its own. Returns (B, max(L, Ln), D) on the
-    null tokens' device and dtype, and the mask (True on the null tokens of empty rows). Differentiable
-    in the null tokens, so training updates them through the dropped rows."""
-    null = null_tokens if null_tokens.ndim == 3 else null_tokens[None]
-    if context is None:
-        if empty_rows is None:
-            raise ValueError("with_null_rows needs empty_rows when context is None")
-        empty = torch.as_tensor(empty_rows, dtype=torch.bool).reshape(-1)
-        context = torch.zeros(empty.numel(), 0, null.shape[-1])
-        mask = torch.zeros(empty.numel(), 0, dtype=torch.bool)
-    else:
-        if mask is None:
-            mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-        empty = ~mask.any(1) if empty_rows is None else torch.as_tensor(empty_rows, dtype=torch.bool).reshape(-1)
-    b, n, d = context.shape
-    if empty.numel() != b or null.shape[0] not in (1, b) or null.shape[-1] != d:
-        raise ValueError(f"shapes do not fit: context {tuple(context.shape)}, {empty.numel()} row flags, "
-                         f"null tokens {tuple(null.shape)}")
-    dev, dtype = null.device, null.dtype
-    null = null.expand(b, -1, -1)
-    length = max(n, null.shape[1])
-    ctx = F.pad(context.to(dev, dtype), (0, 0, 0, length - n))
-    keep = F.pad(mask.to(dev).bool(), (0, length - n), value=False)
-    null_ctx = F.pad(null, (0, 0, 0, length - null.shape[1]))
-    null_mask = (torch.arange(length, device=dev) < null.shape[1]).expand(b, -1)
-    empty = empty.to(dev)
-    return torch.where(empty[:, None, None], null_ctx, ctx), torch.where(empty[:, None], null_mask, keep)
-
-
 def _uniforms(rng, n: int) -> list[float]:
     if isinstance(rng, torch.Generator):
         return torch.rand(n, generator=rng).tolist()
@@ -347,17 +311,15 @@ def _row_tokens(encoder, row: list[str]) -> torch.Tensor | None:
     return context[0] if mask is None else context[0][mask[0].bool()]
 
 
-def batch_context(names: Sequence[str], table: TagTable | None, encoder, dropout: float, rng,
-                  model_null_tokens: torch.Tensor | None, mode: str = "tags",
+def batch_context(names: Sequence[str], table: TagTable | None, encoder, dropout: float, rng, mode: str = "tags",
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The condition of one training batch, from the samples' names (paths relative to the data root).
 
     mode "tags": the table's tags, one token each; "caption": the caption as ONE token (the caption
     ablation); "none": unconditioned, (None, None). Each sample draws one uniform from `rng`
     (random.Random, torch.Generator or numpy Generator) whatever its tags, so the draws are deterministic;
-    u < dropout drops its tags. Samples without tags (none in the table, or dropped) get the null tokens:
-    (None, None) when that is the whole batch (the backbone then uses its own), else `with_null_rows`
-    with `model_null_tokens` (e.g. `backbone.null_tokens`; per-row for a mixture of experts)."""
+    u < dropout drops its tags. Samples without tags (none in the table, or dropped) keep an all-False
+    mask row, which the backbone fills with its own null tokens; (None, None) when no row has tags."""
     if mode not in ("tags", "caption", "none"):
         raise ValueError(f"mode must be tags, caption or none, not {mode!r}")
     if mode == "none" or table is None or encoder is None:
@@ -371,16 +333,5 @@ def batch_context(names: Sequence[str], table: TagTable | None, encoder, dropout
             items = [caption] if caption else []
         rows.append([] if u < dropout else items)
     if hasattr(encoder, "encode_batch"):
-        context, mask = encoder.encode_batch(rows)
-    else:  # any TagEncoderProtocol
-        context, mask = pad_rows([_row_tokens(encoder, r) for r in rows], encoder.dim)
-    if context is None:
-        return None, None
-    empty = ~mask.any(1)
-    if not bool(empty.any()):
-        if model_null_tokens is None:
-            return context, mask
-        return context.to(model_null_tokens.device, model_null_tokens.dtype), mask.to(model_null_tokens.device)
-    if model_null_tokens is None:
-        raise ValueError("some rows have no tags: batch_context needs model_null_tokens")
-    return with_null_rows(context, mask, empty, model_null_tokens)
+        return encoder.encode_batch(rows)
+    return pad_rows([_row_tokens(encoder, r) for r in rows], encoder.dim)  # any TagEncoderProtocol

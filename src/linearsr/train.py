@@ -212,6 +212,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     val_set = fixed_validation_set(val_pool, cfg.data, model.config.scale, cfg.seed, model.config.multiple)
     stream = TrainStream(train_pool, cfg.data, model.config.scale, cfg.optim.batch_size, cfg.seed, dd.rank, step)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.data.workers)
+    table = encoder = None
+    if cfg.data.tags_file and cfg.data.tag_mode != "none" and model.config.cross_attention:
+        from .tags import TagTable, load_tag_encoder
+
+        table, encoder = TagTable.from_file(cfg.data.tags_file), load_tag_encoder("minilm")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dd.device.type == "cuda")
     eval_model = LinearSRModel(model.config).to(dd.device)
 
@@ -227,9 +232,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
+        context, mask = batch_tags(batch["names"], table, encoder, cfg, step, dd)
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             target = model.encode_target(hr, lr)
-            loss = loss_fn(net, target, lr, generator=gen).mean()
+            loss = loss_fn(net, target, lr, context, mask, generator=gen).mean()
         opt.zero_grad(set_to_none=True)
         ok = dd.all_true(bool(torch.isfinite(loss)))
         grad_norm = float("nan")
@@ -293,6 +299,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     bar.close()
     summary.update(step=step, last_val=last_val, wall_s=round(time.time() - started, 1))
     return summary
+
+
+def batch_tags(names, table, encoder, cfg: TrainConfig, step: int, dd: Dist):
+    """Condition tokens for a batch (TAG), with tag dropout drawn from (seed, step, rank)."""
+    if table is None or encoder is None:
+        return None, None
+    import numpy as np
+
+    from .tags import batch_context
+
+    rng = np.random.default_rng(seed_for(cfg.seed, "tags", step, dd.rank))
+    context, mask = batch_context(names, table, encoder, cfg.data.tag_dropout, rng, cfg.data.tag_mode)
+    if context is None:
+        return None, None
+    return context.to(dd.device), mask.to(dd.device)
 
 
 def _early_stop(run_dir: Path, cfg: TrainConfig, log: MetricsLog, step: int) -> bool:

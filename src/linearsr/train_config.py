@@ -26,8 +26,9 @@ class DataConfig:
     degradation: str = "mixed"  # "bicubic", "realistic", or "mixed" (each sample one or the other)
     realistic_prob: float = 0.5  # for "mixed"
     workers: int = 1
-    tags_file: str | None = None  # JSON {"tags": {relative path: [tags]}}; used by tag-conditioned training
-    tag_dropout: float = 0.1
+    tags_file: str | None = None  # JSON {"tags": {path: [tags]}, "captions": {...}} (TAG conditioning)
+    tag_mode: str = "tags"  # "tags" (one token per tag), "caption" (one sentence, the ablation), "none"
+    tag_dropout: float = 0.1  # trains the unconditional branch used by classifier-free guidance
 
 
 @dataclass
