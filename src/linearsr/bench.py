@@ -106,7 +106,7 @@ def _sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
 
 def _flop_mapping() -> dict:
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {op.default: _sdpa_cpu_flops} if op is not None else {}
+    return {op: _sdpa_cpu_flops} if op is not None else {}  # keyed by overload packet, like the built-ins
 
 
 def count_flops(fn, *args, **kwargs) -> tuple[int, dict]:

@@ -17,12 +17,34 @@ from . import CONTEXT
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last saved state.")
 @click.option("--init-from", default=None, help="Start from this run's knee snapshot (ESGF) or a model folder.")
 @click.option("--init-from-any", is_flag=True, help="Allow starting from a non-knee checkpoint (warns).")
+@click.option("--stages", default=None,
+              help="For a recipe (a YAML with `stages:`): which stages to run, comma-separated, or 'all'.")
 @click.option("--dry-run", is_flag=True, help="Print the fully resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume: bool, init_from: str | None,
-          init_from_any: bool, dry_run: bool, quiet: bool) -> None:
-    """Train LinearSR from a YAML config; OVERRIDES are key=value pairs such as optim.lr=2e-4 steps=5000."""
+          init_from_any: bool, stages: str | None, dry_run: bool, quiet: bool) -> None:
+    """Train LinearSR from a YAML config, or run a multi-stage recipe (--stages); OVERRIDES are key=value
+    pairs such as optim.lr=2e-4 steps=5000 (applied to every stage of a recipe)."""
+    from ..stages import is_recipe, load_recipe, run_stages
     from ..train_config import TrainConfig
+
+    if is_recipe(config):
+        out = run_dir or Path("runs") / config.stem
+        if dry_run:
+            for stage in load_recipe(config):
+                click.echo(f"# stage {stage['name']}: {stage['config']}")
+                click.echo(TrainConfig.load(stage["config"], [*stage["overrides"], *overrides]).to_yaml())
+            return
+        from ..train import TrainingStopped
+
+        try:
+            run_stages(config, out, stages or "all", list(overrides), progress=not quiet, echo=click.echo)
+        except TrainingStopped as e:
+            click.echo(f"linearsr: {e}", err=True)
+            raise SystemExit(3)
+        return
+    if stages:
+        raise click.UsageError(f"--stages needs a recipe (a YAML with a `stages:` list); {config} is a single config")
 
     cfg = TrainConfig.load(config, list(overrides))
     if init_from:

@@ -1,0 +1,162 @@
+"""Evaluation (metrics, reports) and benchmark (timings, FLOPs, JSON) on tiny models and images."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from linearsr.attention import SelfAttention
+from linearsr.bench import ROW_KEYS, PeakMemory, build_model, count_flops, forward_flops, run_job
+from linearsr.cli import main
+from linearsr.evaluate import core_upscale, image_seed, prepare_hr, score
+from linearsr.model import LinearSRModel
+
+from conftest import tiny_config
+
+
+# ---- metrics against hand-computed values -----------------------------------------------------------
+def test_score_matches_hand_computed_values():
+    hr = np.full((32, 32, 3), 0.5, np.float32)
+    sr = hr + 0.1  # every pixel off by 0.1: MSE 0.01
+    got = score(sr, hr, border=4, use_brisque=False)
+    assert got["psnr"] == pytest.approx(20.0, abs=1e-5)
+    # constant images: variances and covariance vanish, SSIM is the luminance term alone
+    c1 = 0.01**2
+    assert got["ssim"] == pytest.approx((2 * 0.6 * 0.5 + c1) / (0.6**2 + 0.5**2 + c1), abs=1e-6)
+    # BT.601 luma of gray v is (16 + 219 v) / 255, so Y differs by 21.9 / 255
+    assert got["psnr_y"] == pytest.approx(20 * math.log10(255 / 21.9), abs=1e-4)
+    yx, yy = (16 + 219 * 0.6) / 255, (16 + 219 * 0.5) / 255
+    assert got["ssim_y"] == pytest.approx((2 * yx * yy + c1) / (yx**2 + yy**2 + c1), abs=1e-6)
+    assert got["ms_ssim"] is None and got["niqe"] is None and got["brisque"] is None  # too small / off
+
+
+def test_score_psnr_with_border_on_noise():
+    rng = np.random.default_rng(0)
+    hr = rng.random((40, 40, 3)).astype(np.float32)
+    sr = np.clip(hr + rng.normal(0, 0.05, hr.shape), 0, 1).astype(np.float32)
+    inner = (sr[2:-2, 2:-2].astype(np.float64) - hr[2:-2, 2:-2]) ** 2
+    assert score(sr, hr, border=2, use_brisque=False)["psnr"] == pytest.approx(-10 * math.log10(inner.mean()), abs=1e-6)
+
+
+def test_prepare_hr_and_seed():
+    rgb = np.zeros((103, 77, 3), np.float32)
+    assert prepare_hr(rgb, 8).shape == (96, 72, 3)
+    assert prepare_hr(rgb, 8, crop=50).shape == (48, 48, 3)
+    assert image_seed("a/b.png") == image_seed("a/b.png") != image_seed("a/c.png")
+
+
+def test_core_upscale_pads_and_crops():
+    model = LinearSRModel(tiny_config()).eval()  # codec factor 4, scale 4: LR multiple 1
+    model8 = LinearSRModel(tiny_config(codec_factor=8)).eval()  # LR multiple 2: odd sizes need padding
+    for m in (model, model8):
+        out = core_upscale(m, torch.rand(1, 3, 7, 9) * 2 - 1, steps=1)
+        assert out.shape == (1, 3, 28, 36) and out.abs().max() <= 1
+
+
+# ---- eval end to end ----------------------------------------------------------------------------------
+def test_eval_cli_writes_every_report(tmp_path):
+    data = tmp_path / "hr"
+    data.mkdir()
+    yy, xx = np.mgrid[0:104, 0:200]
+    for i in range(2):
+        img = (127 + 100 * np.sin(xx / (5 + i)) * np.cos(yy / 7))[..., None] * np.ones(3)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(data / f"img{i}.png")
+    model_dir = tmp_path / "model"
+    LinearSRModel(tiny_config()).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["eval", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+                                    "--baselines", "bicubic,lanczos,realesrgan", "--steps", "1",
+                                    "--side-by-side", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["images"]) == 2
+    ran = [b for b in ("bicubic", "lanczos", "realesrgan") if b not in metrics["skipped_baselines"]]
+    assert metrics["methods"] == [*ran, "linearsr", "hr"]
+    for m in ["bicubic", "lanczos", "linearsr"]:
+        mean = metrics["mean"][m]
+        assert 10 < mean["psnr"] < 60 and 0 < mean["ssim"] <= 1 and mean["seconds"] > 0
+        assert mean["niqe"] is not None  # 200 x 104 holds two 96 x 96 blocks
+    assert set(metrics["mean"]["hr"]) >= {"niqe", "brisque"} and "psnr" not in metrics["mean"]["hr"]
+    report = (out / "report.md").read_text()
+    for label in ("Bicubic", "Lanczos", "Real-ESRGAN x4plus", "**LinearSR**", "HR (reference)", "PSNR ↑",
+                  "NIQE ↓", "LPIPS"):
+        assert label in report
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("image,method,psnr") and len(rows) == 1 + 3 * len(metrics["methods"])
+    assert len(list((out / "side_by_side").glob("*.png"))) == 1
+
+
+# ---- bench --------------------------------------------------------------------------------------------
+def test_bench_cli_json_has_every_field(tmp_path):
+    jpath, ppath = tmp_path / "bench.json", tmp_path / "bench.png"
+    res = CliRunner().invoke(main, ["bench", "--size", "tiny", "--sizes", "64,128,100", "--attention",
+                                    "linear,softmax", "--repeats", "1", "--warmup", "0", "--no-isolate",
+                                    "--peer-sizes", "64", "--breakdown-size", "128", "--json", str(jpath),
+                                    "--plot", str(ppath)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(jpath.read_text())
+    for key in ("device", "model", "params", "matmul_peak_flops_per_s", "rows", "peers", "breakdown"):
+        assert key in out
+    assert out["matmul_peak_flops_per_s"] > 1e8 and out["params"] > 0
+    assert len(out["rows"]) == 6
+    for row in out["rows"]:
+        assert set(row) == set(ROW_KEYS)
+        if row["size"] == 100:  # not a multiple of the tiny model's 8
+            assert row["nfe1_s"] is None and row["total_s"] is None and row["peak_mem_bytes"] is None
+            assert "multiple" in row["skipped_reason"]
+        else:
+            assert row["skipped_reason"] is None
+            assert row["nfe1_s"] > 0 and row["total_s"] > 0 and row["flops"] > 0 and row["peak_mem_bytes"] > 0
+            assert row["s_per_mp"] == pytest.approx(row["nfe1_s"] / row["megapixels"])
+    lin = {r["size"]: r["flops"] for r in out["rows"] if r["attention"] == "linear" and r["flops"]}
+    soft = {r["size"]: r["flops"] for r in out["rows"] if r["attention"] == "softmax" and r["flops"]}
+    assert 3.9 < lin[128] / lin[64] < 4.1  # linear: FLOPs proportional to pixels
+    assert soft[128] - lin[128] > 4 * (soft[64] - lin[64])  # softmax's extra is quadratic
+    (peer,) = out["peers"]
+    assert set(peer) >= {"size", "total_s", "s_per_mp", "peak_mem_bytes", "skipped_reason"}
+    assert (peer["total_s"] is None) == (peer["skipped_reason"] is not None)
+    groups = out["breakdown"]["linear"]["groups"]
+    assert "attention kernel (self)" in groups and "Mix-FFN 1x1 convs" in groups
+    assert sum(g["fraction"] for g in groups.values()) == pytest.approx(1.0)
+    assert ppath.stat().st_size > 1000
+
+
+def test_bench_child_process_measures_peak_rss():
+    got = run_job(dict(model=None, size_name="tiny", attention="linear", size=64, steps=1, device="cpu",
+                       precision="fp32", repeats=1, warmup=0), isolate=True, timeout=120)
+    assert got["nfe1_s"] > 0 and got["peak_mem_bytes"] > 50 * 2**20  # a whole Python + torch process
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as mem:
+        block = np.ones(20_000_000)  # 160 MB, touched
+        del block
+    assert mem.peak_bytes > 100e6
+
+
+# ---- FLOP counting -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["linear", "softmax"])
+def test_attention_layer_flops_match_analytic(kind):
+    b, n, c, h = 2, 50, 32, 4
+    d = c // h
+    layer = SelfAttention(c, h, kind).eval()
+    total, _ = count_flops(layer, torch.randn(b, n, c))
+    projections = 4 * 2 * b * n * c * c  # q, k, v, out
+    if kind == "linear":  # K^T [V 1] and Q (K^T [V 1]): the ones column carries the normaliser
+        kernel = 2 * (2 * b * h * n * d * (d + 1))
+    else:  # Q K^T and P V
+        kernel = 2 * (2 * b * h * n * n * d)
+    assert total == projections + kernel
+
+
+def test_fake_flop_count_equals_real_forward():
+    cfg = build_model(size="tiny", fake=True)
+    fake_total, by_group = forward_flops(cfg, 64)
+    net = build_model(size="tiny")
+    lr = torch.rand(1, 3, 16, 16) * 2 - 1
+    real_total, _ = count_flops(net, torch.randn(net.latent_shape(lr)), torch.full((1,), 0.5), lr)
+    assert fake_total == real_total == sum(by_group.values())
