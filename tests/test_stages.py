@@ -25,3 +25,15 @@ def test_recipe_runs_stages_from_knees_and_skips_finished_ones(tmp_path):
     assert again.exit_code == 0 and again.output.count("already done") == 2
     bad = runner.invoke(main, ["train", str(recipe), "--stages", "nope", "--out", str(tmp_path / "out")])
     assert bad.exit_code == 2 and "unknown stage(s) nope" in bad.output
+
+
+def test_experts_ablation_writes_a_table(tmp_path):
+    cfg = write_config(tmp_path, steps=2, **{"validation.every": 2, "checkpoint.every": 2})
+    res = CliRunner().invoke(main, ["ablate", "experts", "--config", str(cfg), "--steps", "2", "--out",
+                                    str(tmp_path / "abl"), "--eval-images", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    for variant in ("K=1", "K=2 log-SNR", "K=4 log-SNR", "K=4 uniform"):
+        assert f"| {variant} |" in table
+    moe = LinearSRModel.from_pretrained(tmp_path / "abl/k-4-uniform/snapshots/step_0000002")
+    assert moe.config.expert_boundaries == [0.25, 0.5, 0.75]

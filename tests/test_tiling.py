@@ -8,8 +8,8 @@ from conftest import randomize, tiny_config
 from linearsr.config import ModelConfig
 from linearsr.model import LinearSRModel
 from linearsr.sample import super_resolve
-from linearsr.tiling import (TiledVelocity, estimate_peak_memory, host_tiling_bytes, latent_align, plan_memory,
-                             plan_tiles, tile_positions)
+from linearsr.tiling import (TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, latent_align, plan_memory, plan_tiles,
+                             tile_positions, tiled_peak_memory)
 
 
 def gradient_lr(h=16, w=16):
@@ -94,16 +94,21 @@ def test_blended_tiles_leave_no_seams_on_a_smooth_gradient():
 def test_plan_whole_image_when_it_fits_and_tiles_when_it_does_not():
     config = ModelConfig.from_size("small")
     assert plan_tiles(config, 256, 256, 8 * 2**30) is None
-    need = estimate_peak_memory(config, 2048, 2048)
-    budget = need * 3 // 4  # the full-size host arrays (~45% of `need` here) share the budget on a CPU
-    tile = plan_tiles(config, 2048, 2048, budget)
-    assert tile is not None and tile % config.multiple == 0 and 64 <= tile < 2048
-    tiled_need = estimate_peak_memory(config, tile, tile, ffn_chunk_rows=None) + host_tiling_bytes(config, 2048, 2048)
+    budget = estimate_peak_memory(config, 2048, 2048) // 2  # the full-size host arrays share it on a CPU
     plan = plan_memory(config, 2048, 2048, budget)
-    assert plan.estimate_bytes <= budget and (plan.ffn_chunk_rows is not None or tiled_need <= budget)
-    # a larger budget never gives a smaller tile
-    bigger = plan_tiles(config, 2048, 2048, budget * 2)
-    assert bigger is None or bigger >= tile
+    tile = plan.tile_px
+    assert tile is not None and tile % config.multiple == 0 and 64 <= tile < 2048
+    assert plan.estimate_bytes == tiled_peak_memory(config, 2048, 2048, tile, ffn_chunk_rows=plan.ffn_chunk_rows)
+    assert plan.estimate_bytes <= budget
+    # the largest tile that fits: one alignment step more does not
+    bigger = tile + latent_align(config) * config.codec_factor
+    assert tiled_peak_memory(config, 2048, 2048, bigger) > budget
+    assert tiled_peak_memory(config, 2048, 2048, bigger, ffn_chunk_rows=ffn_chunk_rows_for(config, bigger)) > budget
+    more = plan_tiles(config, 2048, 2048, budget * 3 // 2)
+    assert more is None or more >= tile
+    # a GPU whose host arrays live in RAM can take larger tiles under the same budget
+    gpu = plan_tiles(config, 2048, 2048, budget, host_in_budget=False)
+    assert gpu is None or gpu >= tile
 
 
 def test_chunked_ffn_is_chosen_before_tiles():

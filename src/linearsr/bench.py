@@ -274,8 +274,7 @@ def flop_categories(counts: dict) -> dict:
 def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int = 3) -> dict:
     """Self time per module category of one forward, the mean of `runs` after a warm-up (forward hooks;
     on CUDA each hook synchronises), with the counted FLOPs per category and the achieved FLOP/s."""
-    device, amp = torch.device(device), PRECISIONS[precision]
-    cfg = net.config
+    device, amp, cfg = torch.device(device), PRECISIONS[precision], net.config
     lr = torch.rand(1, 3, size // cfg.scale, size // cfg.scale, device=device) * 2 - 1
     x, t = torch.randn(net.latent_shape(lr), device=device), torch.full((1,), 0.5, device=device)
     names = {m: n for n, m in net.named_modules()}
@@ -316,7 +315,8 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int =
 
 # ---- the whole benchmark ------------------------------------------------------------------------------
 ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s_per_mp", "total_s_per_mp", "flops",
-            "achieved_flops_per_s", "peak_fraction", "peak_mem_bytes", "mem_growth_bytes", "skipped_reason")
+            "achieved_flops_per_s", "peak_fraction", "peak_mem_bytes", "mem_growth_bytes", "skipped_reason",
+            "nfe1_runs", "total_runs")  # *_runs: every timed run (the medians above come from them)
 
 
 def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
@@ -364,7 +364,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
                 except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
                     row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
                 else:
-                    row.update({k: got[k] for k in ("nfe1_s", "total_s", "peak_mem_bytes", "mem_growth_bytes")})
+                    row.update({k: got[k] for k in ROW_KEYS if k in got})
                     row["s_per_mp"] = row["nfe1_s"] / row["megapixels"]
                     row["total_s_per_mp"] = row["total_s"] / row["megapixels"]
                     rate = row["achieved_flops_per_s"] = row["flops"] / row["nfe1_s"]

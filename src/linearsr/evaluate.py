@@ -115,6 +115,8 @@ class LinearSRRunner:
             if self.scale != model.config.scale:
                 raise ValueError(f"scale {self.scale} differs from the model's native x{model.config.scale}; "
                                  "only the pipeline can do that and it is not installed")
+            if str(device) == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
             self.pipe, self.engine, self.device = None, "core", torch.device(device)
             self.model.to(self.device)
         self.settings: dict = {}

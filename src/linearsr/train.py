@@ -94,13 +94,23 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.device) -> dict:
-    """PSNR/SSIM (RGB, and PSNR on Y with a scale-pixel border crop) of EMA samples on the fixed set."""
+def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.device, table=None,
+             encoder=None) -> dict:
+    """PSNR/SSIM (RGB, and PSNR on Y with a scale-pixel border crop) of EMA samples on the fixed set;
+    conditioned on each crop's tags when `validation.use_tags` (else the null tokens, as for a user who
+    gives no tags)."""
     model.eval()
     scores = {"psnr": [], "psnr_y": [], "ssim": []}
     border = model.config.scale
-    for hr, lr in zip(val["hr"], val["lr"]):
-        out = super_resolve(model, lr[None].to(device), steps=cfg.validation.steps, seed=cfg.validation.seed)
+    for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
+        context = mask = None
+        if cfg.validation.use_tags and table is not None:
+            from .tags import batch_context
+
+            context, mask = batch_context([val["names"][i]], table, encoder, 0.0, torch.Generator(), cfg.data.tag_mode)
+            context, mask = (None, None) if context is None else (context.to(device), mask.to(device))
+        out = super_resolve(model, lr[None].to(device), steps=cfg.validation.steps, seed=cfg.validation.seed,
+                            context=context, context_mask=mask)
         out = ((out.float().cpu().clamp(-1, 1) + 1) / 2)[0]
         ref = (hr + 1) / 2
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
@@ -275,7 +285,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         if step % cfg.validation.every == 0 or step == cfg.steps:
             if dd.main:
                 ema.copy_to(eval_model)
-                last_val = validate(eval_model, val_set, cfg, dd.device)
+                last_val = validate(eval_model, val_set, cfg, dd.device, table, encoder)
                 log.write("val", step=step, **last_val)
                 eval_model.config.provenance = {**model.config.provenance, "step": step,
                                                 "samples_seen": step * cfg.optim.batch_size * dd.world}

@@ -56,6 +56,7 @@ class ValidationConfig:
     every: int = 250
     steps: int = 1  # sampling steps used for validation metrics (1 = the fidelity preset)
     seed: int = 0
+    use_tags: bool = False  # condition validation samples on their tags (the TAG ablation); else null tokens
 
 
 @dataclass
