@@ -13,9 +13,9 @@ def test_named_sizes_build_and_tiny_is_small():
     assert count_parameters(LinearSRModel(ModelConfig.from_size("tiny"))) < 1_000_000
     assert 1_000_000 < count_parameters(LinearSRModel(ModelConfig.from_size("small"))) < 10_000_000
     sana = ModelConfig.from_size("sana-600m")
-    assert (sana.depth, sana.width, sana.heads) == (28, 1152, 16)
+    assert (sana.depth, sana.width, sana.heads, sana.cross_heads) == (28, 1152, 36, 16)
     sana = ModelConfig.from_size("sana-1600m")
-    assert (sana.depth, sana.width, sana.heads) == (20, 2240, 20)
+    assert (sana.depth, sana.width, sana.heads, sana.cross_heads) == (20, 2240, 70, 20)
 
 
 @pytest.mark.parametrize("scale", [2, 4])

@@ -50,5 +50,6 @@ def build_codec(config) -> Codec:
     if config.codec == "dcae":
         from .latent import DCAECodec  # optional dependency (diffusers), imported only when asked for
 
-        return DCAECodec.from_local(config.codec_path, expected_channels=config.latent_channels)
+        return DCAECodec.from_local(config.codec_path, expected_channels=config.latent_channels,
+                                    expected_factor=config.codec_factor)
     raise ValueError(f"unknown codec {config.codec!r}")

@@ -14,18 +14,20 @@ from pathlib import Path
 from typing import Any
 
 # Named backbone sizes. `tiny` is for tests; `small` is the CPU default; the `sana-*` entries match the
-# published SANA transformer shapes (0.6B: 28 blocks, width 1152, 16 heads; 1.6B: 20 blocks, width 2240,
-# 20 heads; both use an MLP ratio of 2.5 and work on 32-channel DC-AE latents with patch size 1).
+# published SANA transformers (diffusers' SanaTransformer2DModel configs): 0.6B has 28 blocks of width 1152
+# with 36 self-attention heads of 32 and 16 cross-attention heads of 72; 1.6B has 20 blocks of width 2240
+# with 70 self-attention heads of 32 and 20 cross-attention heads of 112. (METHOD.md's "16/20 heads" are
+# the cross-attention counts.) Both use MLP ratio 2.5 on 32-channel DC-AE latents with patch size 1.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, heads=2, mlp_ratio=2.0, stem_channels=16),
     "small": dict(depth=6, width=160, heads=5, mlp_ratio=2.5, stem_channels=64),
     "base": dict(depth=12, width=512, heads=8, mlp_ratio=2.5, stem_channels=128),
     "sana-600m": dict(prediction="velocity", residual=False,
-        depth=28, width=1152, heads=16, mlp_ratio=2.5, stem_channels=256,
+        depth=28, width=1152, heads=36, cross_heads=16, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
     "sana-1600m": dict(prediction="velocity", residual=False,
-        depth=20, width=2240, heads=20, mlp_ratio=2.5, stem_channels=256,
+        depth=20, width=2240, heads=70, cross_heads=20, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
 }
