@@ -42,28 +42,38 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise CheckpointError(f"{name_or_path}: no such model folder or bundled model (bundled: {', '.join(names) or 'none'})")
 
 
+def atomic_dir(final: Path, write) -> None:
+    """Call write(tmp_dir), then swap tmp_dir into `final`; the old version is removed only after the
+    swap, so a crash at any point leaves either the old folder or the new one, never a half-written one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """Write config + weights to `path` atomically (a temp folder renamed into place)."""
+    """Write config + weights to `path` atomically."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"experts.{k}": v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
                for k, v in model.experts.state_dict().items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
         model.config.save(tmp / CONFIG_NAME)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(path, write)
     return path
 
 

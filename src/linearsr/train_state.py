@@ -16,14 +16,14 @@ state: resuming reproduces an uninterrupted run bit for bit on the same machine 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .checkpoint import atomic_dir
 
 SNAPSHOT_RE = re.compile(r"^step_(\d+)$")
 
@@ -49,24 +49,6 @@ class EMA:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
 
-def _atomic_dir(final: Path, write) -> None:
-    """Call write(tmp_dir), then swap tmp_dir into `final` (old version removed only after the swap)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -88,7 +70,7 @@ def save_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer:
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "extra": extra or {}}, indent=1))
 
-    _atomic_dir(run_dir / "state", write)
+    atomic_dir(run_dir / "state", write)
 
 
 def load_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
