@@ -13,7 +13,8 @@ tokens), so both are zero-padded to the longer one and the padding is masked out
 which makes the result equal to two separate forwards (up to float rounding).
 
 Null tokens and experts. In a mixture of experts every expert has learned its own null tokens. With
-`null_context=None` the wrapper looks up, at each step, the null tokens of the expert that serves t.
+`null_context=None` the unconditional rows are sent with an all-False mask, which the backbone replaces
+by the null tokens of whichever expert serves the step (`LinearSRBackbone._fill_null_rows`).
 """
 
 from __future__ import annotations
@@ -23,23 +24,6 @@ from typing import Callable
 import torch
 
 Velocity = Callable[..., torch.Tensor]
-
-
-def _base_model(fn):
-    """Unwrap `.model` attributes (TiledVelocity, autocast wrappers) down to the LinearSRModel."""
-    seen = 0
-    while not hasattr(fn, "experts") and hasattr(fn, "model") and seen < 8:
-        fn, seen = fn.model, seen + 1
-    return fn if hasattr(fn, "experts") else None
-
-
-def model_null_context(model, t: torch.Tensor) -> torch.Tensor:
-    """(1, num_null_tokens, cond_dim): the null tokens of the expert that serves time t (first of batch)."""
-    base = _base_model(model)
-    if base is None:
-        raise ValueError("null_context=None needs a LinearSRModel (or a wrapper exposing it as .model)")
-    k = int(base.expert_index(torch.as_tensor(t).reshape(-1)[:1].detach().cpu())[0])
-    return base.experts[k].null_context(1).detach()
 
 
 def pad_tokens(context: torch.Tensor, mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +43,7 @@ def guided_velocity(model: Velocity, scale: float, context: torch.Tensor | None,
 
     `context` (1 or B, L, cond_dim) and `context_mask` (same, L) are the tag tokens; when the sampler also
     passes a context, that one wins (so the wrapper can sit under callers that thread context through).
-    `null_context` (1 or B, Ln, cond_dim): the unconditional tokens; None = the model's own per expert.
+    `null_context` (1 or B, Ln, cond_dim): explicit unconditional tokens; None = each expert's own.
     With scale == 1, or no context at all (conditional == unconditional), it is one plain forward."""
     scale = float(scale)
     bound_ctx, bound_mask = context, context_mask
@@ -78,22 +62,23 @@ def guided_velocity(model: Velocity, scale: float, context: torch.Tensor | None,
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
             t = t.expand(b)
-        null = null_context if null_context is not None else model_null_context(model, t)
         ctx = ctx.to(x.device)
-        null = null.to(device=x.device, dtype=ctx.dtype)
         if ctx.shape[0] == 1 and b > 1:
             ctx = ctx.expand(b, -1, -1)
             mask = None if mask is None else mask.expand(b, -1)
-        if null.shape[0] == 1:
-            null = null.expand(b, -1, -1)
+        if null_context is None:  # an all-False row: the backbone substitutes the serving expert's nulls
+            null = torch.zeros_like(ctx[:, :1])
+            null_mask = torch.zeros(b, 1, dtype=torch.bool, device=x.device)
+        else:
+            null = null_context.to(device=x.device, dtype=ctx.dtype)
+            null = null.expand(b, -1, -1) if null.shape[0] == 1 else null
+            null_mask = None
         length = max(ctx.shape[1], null.shape[1])
         ctx, mask = pad_tokens(ctx, None if mask is None else mask.to(x.device), length)
-        null, null_mask = pad_tokens(null, None, length)
+        null, null_mask = pad_tokens(null, null_mask, length)
         v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([lr, lr]),
                   torch.cat([ctx, null]), torch.cat([mask, null_mask]))
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
 
-    fn = plain if scale == 1.0 else guided
-    fn.model = model  # lets wrappers further out find the LinearSRModel
-    return fn
+    return plain if scale == 1.0 else guided

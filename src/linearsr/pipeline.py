@@ -37,7 +37,8 @@ from . import imageio
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .guidance import guided_velocity
 from .sample import super_resolve
-from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory
+from .tags import TAG_DIM, parse_tags  # one normalisation of tag text for training and inference
+from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
 
 # Values are placeholders until tuned on the evaluation set; keep every preset knob here.
 PRESETS: dict[str, dict] = {
@@ -49,6 +50,7 @@ UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much inste
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
+NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
 
 def resolve_settings(preset: str | None = None, **overrides) -> dict:
@@ -90,18 +92,6 @@ def available_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30  # unknown platform: assume a modest 4 GiB
-
-
-def parse_tags(tags) -> list[str]:
-    """"cat, grass" or ["cat", "grass"] -> ["cat", "grass"] (stripped, empties and duplicates dropped)."""
-    if tags is None:
-        return []
-    items = tags.split(",") if isinstance(tags, str) else [str(t) for t in tags]
-    out: list[str] = []
-    for item in (i.strip() for i in items):
-        if item and item not in out:
-            out.append(item)
-    return out
 
 
 def output_size(w: int, h: int, scale: float | None, long_side: int | None, native: int) -> tuple[int, int]:
@@ -149,6 +139,8 @@ class LinearSR:
 
     def __init__(self, model, device: str | torch.device = "cpu", precision: str = "fp32",
                  tag_encoder=None, lean: bool = False) -> None:
+        """tag_encoder: a callable (see the class doc), None, or "auto" = `tags.load_tag_encoder()` loaded
+        the first time tags are given (MiniLM, when installed and the model's cond_dim matches it)."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
@@ -164,10 +156,10 @@ class LinearSR:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
-                        precision: str = "fp32", **kwargs) -> "LinearSR":
+                        precision: str = "fp32", tag_encoder="auto", **kwargs) -> "LinearSR":
         from .model import LinearSRModel
 
-        return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, **kwargs)
+        return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -284,9 +276,8 @@ class LinearSR:
             tile_px = int(tile)
             if tile_px < cfg.multiple:
                 raise ValueError(f"tile must be at least {cfg.multiple} pixels, got {tile_px}")
-            side = min(tile_px, H)
-            if estimate_peak_memory(cfg, side, min(tile_px, W), batch, dtype_bytes) > budget:
-                rows = ffn_chunk_rows_for(cfg, side)
+            if tiled_peak_memory(cfg, H, W, tile_px, batch, dtype_bytes, None, host_shared) > budget:
+                rows = ffn_chunk_rows_for(cfg, min(tile_px, H))
         if tile_px is not None and tile_px >= max(H, W):
             tile_px = None  # one tile covers everything: that is the whole image
         ov = None
@@ -300,14 +291,37 @@ class LinearSR:
     def _encode_tags(self, tags: list[str]):
         if not tags:
             return None, None
-        if not self.model.config.cross_attention:
+        cfg = self.model.config
+        if not cfg.cross_attention:
             self._warn_once("this model has no cross-attention; tags are ignored")
             return None, None
+        if isinstance(self.tag_encoder, str) and self.tag_encoder == "auto":
+            self.tag_encoder = self._auto_tag_encoder()
+            if self.tag_encoder is None:  # the loader has said why, once
+                self._warned.add(NO_ENCODER)
         if self.tag_encoder is None:
-            self._warn_once("no tag encoder is available; tags are ignored (sampling with the null tokens)")
+            self._warn_once(NO_ENCODER)
             return None, None
         context, mask = self.tag_encoder(tags)
+        if context is None:
+            return None, None
+        if context.shape[-1] != cfg.cond_dim:
+            raise ValueError(f"the tag encoder gives {context.shape[-1]}-d tokens; this model expects {cfg.cond_dim}")
         return context.float().cpu(), None if mask is None else mask.bool().cpu()
+
+    def _auto_tag_encoder(self):
+        """The default encoder, or None (with the reason in a warning) when it cannot serve this model."""
+        if self.model.config.cond_dim != TAG_DIM:
+            self._warn_once(f"this model's tag width ({self.model.config.cond_dim}) does not match the default "
+                            f"tag encoder ({TAG_DIM}); tags are ignored")
+            return None
+        from .tags import load_tag_encoder
+
+        try:
+            return load_tag_encoder()  # warns and returns None itself when its packages are missing
+        except (OSError, ValueError, RuntimeError, ImportError) as e:
+            self._warn_once(f"the default tag encoder could not be loaded ({e}); tags are ignored")
+            return None
 
     # ---- input and output kinds ---------------------------------------------------------------------
     @staticmethod

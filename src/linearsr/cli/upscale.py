@@ -156,7 +156,7 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
     config = load_config(model)  # fails fast (one line) before any file is touched
     suffix = _suffix(scale, long_side, config.scale)
     out_path = Path(output) if output else None
-    files = collect_inputs(inputs, suffix, exclude=out_path if out_path and out_path.is_dir() else None)
+    files = collect_inputs(inputs, suffix, exclude=out_path)  # never walk into our own output folder
     if not files:
         raise click.UsageError("no input images found")
     as_folder = out_path is not None and (len(files) > 1 or out_path.is_dir() or output.endswith(("/", os.sep))
