@@ -37,3 +37,23 @@ def test_experts_ablation_writes_a_table(tmp_path):
         assert f"| {variant} |" in table
     moe = LinearSRModel.from_pretrained(tmp_path / "abl/k-4-uniform/snapshots/step_0000002")
     assert moe.config.expert_boundaries == [0.25, 0.5, 0.75]
+
+
+def test_export_writes_a_fp16_model_from_a_run(tmp_path):
+    from test_esgf import fake_run
+
+    run = fake_run(tmp_path, [20.0, 21.0, 22.0, 21.5])
+    runner = CliRunner()
+    res = runner.invoke(main, ["export", str(run), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 1 and "no knee.json" in res.output
+    (run / "knee.json").write_text(json.dumps({"step": 200}))
+    res = runner.invoke(main, ["export", str(run), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    model = LinearSRModel.from_pretrained(tmp_path / "m")
+    assert model.config.provenance["exported_from"].endswith("step_0000200")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype.is_floating_point and f.get_tensor(k).element_size() == 2 for k in f.keys())
+    res = runner.invoke(main, ["export", str(run), "--out", str(tmp_path / "b"), "--pick", "best"])
+    assert res.exit_code == 0 and "step_0000300" in res.output

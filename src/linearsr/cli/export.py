@@ -1,0 +1,53 @@
+"""`linearsr export RUN_OR_MODEL --out DIR`: a shippable model folder (EMA weights, fp16 by default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import CONTEXT
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
+@click.option("--pick", type=click.Choice(["knee", "best", "last"]), default="knee",
+              help="For a run folder: which snapshot (the ESGF knee, the best validation PSNR, or the last).")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", help="Stored weight type.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> None:
+    """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
+    import torch
+
+    from ..checkpoint import load_pretrained
+    from ..train_state import list_snapshots, read_metrics
+
+    folder = source
+    if (source / "snapshots").is_dir():
+        snaps = list_snapshots(source)
+        if not snaps:
+            raise click.ClickException(f"{source}: no snapshots")
+        if pick == "knee":
+            knee = source / "knee.json"
+            if not knee.is_file():
+                raise click.ClickException(f"{source}: no knee.json; run `linearsr knee {source}` or use --pick best|last")
+            step = json.loads(knee.read_text())["step"]
+        elif pick == "best":
+            vals = [r for r in read_metrics(source, "val") if r["step"] in snaps]
+            step = max(vals, key=lambda r: r["psnr"])["step"]
+        else:
+            step = max(snaps)
+        if step not in snaps:
+            raise click.ClickException(f"{source}: snapshot of step {step} was pruned")
+        folder = snaps[step]
+    model = load_pretrained(folder)
+    model.config.provenance = {**model.config.provenance, "exported_from": str(folder), "picked": pick}
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
+    size = (out / "model.safetensors").stat().st_size
+    click.echo(f"wrote {out} ({size / 1e6:.1f} MB, {dtype}) from {folder}")
+
+
+COMMANDS = [export]
