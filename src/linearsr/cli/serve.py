@@ -1,0 +1,43 @@
+"""`linearsr serve`: the local web page for upscaling (needs the `web` extra: pip install 'linearsr[web]')."""
+
+from __future__ import annotations
+
+import click
+
+from . import CONTEXT
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1",
+              help="Address to listen on. The default is this machine only; 0.0.0.0 exposes the page to your network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, help="TCP port to listen on.")
+@click.option("--model", default="default", metavar="NAME|PATH", help="Bundled model name or model folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+              help="auto = cuda, else mps, else cpu.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0), default=20.0, metavar="MB",
+              help="Refuse uploads larger than this many megabytes (0 = no limit).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=16_000_000, metavar="N",
+              help="Refuse images with more pixels than this, checked before decoding (0 = no limit).")
+@click.option("--tagger", default=None, metavar="MODULE:CALLABLE",
+              help="Tagger plug-in (or entry-point name in linearsr.taggers) that pre-fills the tags on upload.",
+              show_default="none")
+def serve(host, port, model, device, max_upload_mb, max_pixels, tagger) -> None:
+    """Serve a local web page for upscaling one image at a time (Ctrl-C to stop)."""
+    from ..checkpoint import load_config
+    from ..web import serve as run_server
+
+    load_config(model)  # a wrong --model or --tagger fails in one line before gradio is even imported
+    if tagger is not None:
+        from ..tags import load_tagger
+
+        try:
+            tagger = load_tagger(tagger)
+        except (ImportError, AttributeError, TypeError, ValueError) as e:
+            raise click.BadParameter(" ".join(str(e).split()), param_hint="--tagger") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"linearsr: warning: listening on {host}: other machines can reach this page", err=True)
+    run_server(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb or None,
+               max_pixels=max_pixels or None, tagger=tagger)
+
+
+COMMANDS = [serve]
