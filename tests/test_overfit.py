@@ -27,8 +27,8 @@ def make_pair(size=32, scale=4):
 def test_tiny_model_overfits_one_pair():
     torch.manual_seed(0)
     hr, lr = make_pair()
-    model = LinearSRModel(tiny_config(depth=2, width=32, heads=2))
-    loss_fn = FlowMatchingLoss(TimeSampler(kind="uniform"))
+    model = LinearSRModel(tiny_config(depth=2, width=48, heads=2))
+    loss_fn = FlowMatchingLoss(TimeSampler(kind="logit_normal"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     target = model.encode_target(hr, lr).repeat(16, 1, 1, 1)
@@ -48,7 +48,8 @@ def test_tiny_model_overfits_one_pair():
     assert last < 0.1 * first, (first, last)  # the flow-matching loss falls by at least 90%
 
     model.eval()
-    out = super_resolve(model, lr, steps=8, seed=0)
-    bicubic = model.upsample_lr(lr)
-    # Measured when written: bicubic 19.5 dB, the overfit model about 40 dB (8 Euler steps).
-    assert psnr(out, hr) > psnr(bicubic, hr) + 10, (psnr(out, hr), psnr(bicubic, hr))
+    bicubic = psnr(model.upsample_lr(lr), hr)
+    one_step, four_steps = (psnr(super_resolve(model, lr, steps=n, seed=0), hr) for n in (1, 4))
+    # Measured when written: bicubic 19.5 dB; the overfit model 37.0 dB in one step, 33-34 dB in four.
+    assert one_step > bicubic + 12, (one_step, bicubic)
+    assert four_steps > bicubic + 8, (four_steps, bicubic)

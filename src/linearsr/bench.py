@@ -133,7 +133,7 @@ def forward_flops(config, size: int) -> tuple[int, dict]:
     return total, {k: sum(v.values()) for k, v in flop_categories(counts).items()}
 
 
-def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, repeats: int = 5) -> float:
+def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, repeats: int = 10) -> float:
     """FLOP/s of the best of `repeats` n x n matmuls (n = 2048 on CPU, 8192 on CUDA)."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)

@@ -322,7 +322,9 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
         lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Means over images; best per column (HR excluded) in bold. PSNR/SSIM crop a border of "
               f"{results['scale']} px; Y = BT.601 luma. Time is wall time per image after one untimed warm-up; "
-              f"peak memory: {results['memory_method']}.", "", "## Notes", ""]
+              f"peak memory: {results['memory_method']}; memory the process already held from earlier images "
+              "(allocator caches) is not counted, so use `linearsr bench` (a fresh process per configuration) "
+              "for absolute peaks.", "", "## Notes", ""]
     lines += [f"- {n}" for n in results["notes"]] or ["- none"]
     lines += ["", "## Metrics not computed", ""]
     lines += [f"- {k}: {v}" for k, v in results["unsupported_metrics"].items()]

@@ -180,7 +180,8 @@ def build_model(cfg: TrainConfig) -> LinearSRModel:
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           hooks=None) -> dict:
     """Run (or resume) training into `run_dir`; returns a summary dict. `hooks` is an optional object with
-    `on_bad_steps(state) -> bool` (True = handled, e.g. rolled back) used by ESGF fine-tuning."""
+    `after_step(step=, loss=, model=, ema=, opt=, log=)` and/or `on_bad_steps(...) -> bool` (True = handled,
+    e.g. rolled back); ESGF's `DivergenceGuard` is one, installed automatically with `guard.rollback`."""
     run_dir = Path(run_dir)
     dd = setup_distributed()
     if has_train_state(run_dir) and not resume:
@@ -234,7 +235,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and dd.main), dynamic_ncols=True,
                desc="train")
-    bad, last_val, started, samples = 0, None, time.time(), 0
+    bad, last_val, started = 0, None, time.time()
     summary = {"stopped": None}
     for batch in loader if step < cfg.steps else []:
         assert batch["step"] == step, "data stream out of step"
@@ -271,7 +272,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
                     bar.close()
                     raise TrainingStopped(msg)
         step += 1
-        samples += hr.shape[0] * dd.world
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             lv = float(loss.detach())
