@@ -56,7 +56,8 @@ def test_bad_files_fail_one_line_each_and_the_batch_goes_on(tmp_path, model_dir)
     res = run(*good, "-o", out, "--model", model_dir, "--steps", "1", "--seed", "9")
     assert res.exit_code == 1 and res.output.count("--overwrite") == 2
     assert (out / "a_x4.png").read_bytes() == written
-    res = run(*good, "-o", out, "--model", model_dir, "--steps", "1", "--seed", "9", "--overwrite")
+    # (two steps: a one-step sample is the deterministic prediction from t = 0, the same for every seed)
+    res = run(*good, "-o", out, "--model", model_dir, "--steps", "2", "--seed", "9", "--overwrite")
     assert res.exit_code == 0 and (out / "a_x4.png").read_bytes() != written
 
     # the input itself is never the output, not even with --overwrite

@@ -146,6 +146,5 @@ class DivergenceGuard:
         ema.shadow = {k: v.detach().clone().float() for k, v in self.start.items()}
         opt.state.clear()  # Adam moments from the diverging trajectory would push it straight back
         self.cfg.optim.lr *= self.g.lr_factor
-        self.recent.clear()
-        self.baseline = None
+        self.recent.clear()  # the baseline stays: it describes healthy training, which the rollback restores
         log.write("event", step=step, event="rollback", reason=why, count=self.rollbacks, lr=self.cfg.optim.lr)

@@ -40,12 +40,15 @@ from .sample import super_resolve
 from .tags import TAG_DIM, parse_tags  # one normalisation of tag text for training and inference
 from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
 
-# Values are placeholders until tuned on the evaluation set; keep every preset knob here.
+# Every preset knob in one place. fidelity: one step from t = 0, the model's deterministic best guess given
+# the LR (highest PSNR/SSIM, and the fastest). realism: several stochastic steps with tag guidance, sharper
+# but less faithful. DEFAULTS is what runs without --preset: fidelity, because the bundled CPU-trained model
+# is strongest there (see weights/default/MODEL_CARD.md).
 PRESETS: dict[str, dict] = {
     "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none"),
     "realism": dict(steps=8, guidance=2.0, eta=0.3, color_fix="wavelet"),
 }
-DEFAULTS: dict = dict(steps=4, guidance=1.0, eta=0.0, color_fix="wavelet")
+DEFAULTS: dict = dict(PRESETS["fidelity"])
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
