@@ -127,5 +127,6 @@ def test_rows_without_tags_use_the_null_tokens(tiny_model):
     mask = torch.tensor([[True, True, False], [False, False, False]])  # row 1: no tags at all
     out = tiny_model(x, 0.5, lr, ctx, mask)
     assert torch.isfinite(out).all()
-    assert torch.allclose(out[1], tiny_model(x[1:], 0.5, lr[1:])[0], atol=1e-5)  # == unconditioned
-    assert torch.allclose(out[0], tiny_model(x[:1], 0.5, lr[:1], ctx[:1, :2])[0], atol=1e-5)
+    # (float32 rounding: outputs reach ~10 after preconditioning, so a relative tolerance)
+    assert torch.allclose(out[1], tiny_model(x[1:], 0.5, lr[1:])[0], rtol=1e-4, atol=1e-4)  # == unconditioned
+    assert torch.allclose(out[0], tiny_model(x[:1], 0.5, lr[:1], ctx[:1, :2])[0], rtol=1e-4, atol=1e-4)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import as_float64
+
 __all__ = ["brisque", "brisque_available", "find_brisque_models", "MODEL_FILE", "RANGE_FILE", "ENV_VAR"]
 
 MODEL_FILE = "brisque_model_live.yml"
@@ -125,14 +127,7 @@ def brisque_available(search_dirs=None) -> bool:
 
 def _to_uint8_hwc(img) -> np.ndarray:
     """(H, W), (1, H, W) or (3, H, W) RGB in [0, 1] -> contiguous uint8 gray or BGR image."""
-    try:
-        import torch
-
-        if isinstance(img, torch.Tensor):
-            img = img.detach().to("cpu", torch.float64).numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    arr = np.asarray(img, dtype=np.float64)
+    arr = as_float64(img).numpy()  # tensors or arrays, as float64 on the CPU
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[0] == 3:

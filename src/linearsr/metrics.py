@@ -42,7 +42,7 @@ _WIN_SIZE = 11
 _WIN_SIGMA = 1.5
 
 
-def _as_float64(img) -> torch.Tensor:
+def as_float64(img) -> torch.Tensor:
     """Return ``img`` as a detached float64 CPU tensor (numpy arrays are wrapped, not copied)."""
     if isinstance(img, np.ndarray):
         t = torch.from_numpy(np.ascontiguousarray(img))
@@ -55,7 +55,7 @@ def _as_float64(img) -> torch.Tensor:
 
 def _as_batch(img) -> torch.Tensor:
     """Float64 tensor shaped (B, C, H, W) from a (C, H, W) or (B, C, H, W) input."""
-    t = _as_float64(img)
+    t = as_float64(img)
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4:

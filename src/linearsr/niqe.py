@@ -39,6 +39,8 @@ import math
 from importlib import resources
 
 import numpy as np
+
+from .metrics import as_float64
 from scipy.ndimage import correlate
 from scipy.special import gamma as gamma_fn
 
@@ -65,14 +67,7 @@ def load_pristine_model() -> tuple[np.ndarray, np.ndarray]:
 
 def _to_luma255(img, color: str) -> np.ndarray:
     """(H, W), (1, H, W) or (3, H, W) image in [0, 1] -> rounded float64 (H, W) on 0..255."""
-    try:  # torch is optional here: accept tensors without importing torch eagerly
-        import torch
-
-        if isinstance(img, torch.Tensor):
-            img = img.detach().to("cpu", torch.float64).numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    arr = np.asarray(img, dtype=np.float64)
+    arr = as_float64(img).numpy()  # tensors or arrays, as float64 on the CPU
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[0] != 3):
