@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 
 import torch
 
-from linearsr.bench import _category, build_model, forward_flops
+from linearsr.bench import build_model, forward_flops, module_self_times
 
 
 def thread_peak(n: int, runs: int = 3) -> float:
@@ -36,27 +35,8 @@ def _cpu(fn) -> float:
 
 
 def hooked_forward(net, call) -> dict:
-    names = {m: n for n, m in net.named_modules()}
-    stack, out = [], {}
-
-    def pre(mod, _a):
-        stack.append([time.thread_time(), 0.0])
-
-    def post(mod, _a, _o):
-        start, kids = stack.pop()
-        incl = time.thread_time() - start
-        cat = _category(re.sub(r"^experts\.\d+\.", "", names[mod]), mod)
-        out[cat] = out.get(cat, 0.0) + incl - kids
-        if stack:
-            stack[-1][1] += incl
-
-    hooks = [h for m in net.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    try:
-        call()
-    finally:
-        for h in hooks:
-            h.remove()
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    """Per-category self CPU time of `call()` (thread time: time spent descheduled is not counted)."""
+    return module_self_times(net, call, clock=time.thread_time)
 
 
 def main() -> None:

@@ -271,39 +271,50 @@ def flop_categories(counts: dict) -> dict:
     return out
 
 
+def module_self_times(net, call, clock=time.perf_counter, sync=lambda: None) -> dict[str, float]:
+    """Run `call()` with forward hooks on every module of `net`; returns the self time (a module's time minus
+    its children's) summed per module category, largest first. `clock` is perf_counter for wall time or
+    thread_time for CPU time; `sync` runs before each reading (a CUDA synchronise)."""
+    names = {m: n for n, m in net.named_modules()}
+    stack: list[list[float]] = []
+    totals: dict[str, float] = {}
+
+    def pre(mod, _args):
+        sync()
+        stack.append([clock(), 0.0])
+
+    def post(mod, _args, _out):
+        sync()
+        start, kids = stack.pop()
+        incl = clock() - start
+        cat = _category(re.sub(r"^experts\.\d+\.", "", names[mod]), mod)
+        totals[cat] = totals.get(cat, 0.0) + incl - kids
+        if stack:
+            stack[-1][1] += incl
+
+    hooks = [h for m in net.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        call()
+    finally:
+        for h in hooks:
+            h.remove()
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int = 3) -> dict:
     """Self time per module category of one forward, the mean of `runs` after a warm-up (forward hooks;
     on CUDA each hook synchronises), with the counted FLOPs per category and the achieved FLOP/s."""
     device, amp, cfg = torch.device(device), PRECISIONS[precision], net.config
     lr = torch.rand(1, 3, size // cfg.scale, size // cfg.scale, device=device) * 2 - 1
     x, t = torch.randn(net.latent_shape(lr), device=device), torch.full((1,), 0.5, device=device)
-    names = {m: n for n, m in net.named_modules()}
-    stack: list[list[float]] = []
-    self_time: dict[str, float] = {}
 
-    def pre(mod, _args):
-        _sync(device)
-        stack.append([time.perf_counter(), 0.0])
-
-    def post(mod, _args, _out):
-        _sync(device)
-        start, kids = stack.pop()
-        incl = time.perf_counter() - start
-        cat = _category(re.sub(r"^experts\.\d+\.", "", names[mod]), mod)
-        self_time[cat] = self_time.get(cat, 0.0) + incl - kids
-        if stack:
-            stack[-1][1] += incl
-
-    hooks = [h for m in net.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-    try:
+    def forwards(n: int) -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            for i in range(runs + 1):  # run 0 is the warm-up
-                if i == 1:
-                    self_time.clear()
+            for _ in range(n):
                 net(x, t, lr)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    forwards(1)  # warm-up, not timed
+    self_time = module_self_times(net, lambda: forwards(runs), clock=time.perf_counter, sync=lambda: _sync(device))
     _, flops = forward_flops(cfg, size)
     self_time = {k: v / runs for k, v in self_time.items()}
     total = sum(self_time.values())
