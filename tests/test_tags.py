@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from conftest import randomize, tiny_config
 from linearsr import tags as T
+from linearsr.cli import main
 from linearsr.model import LinearSRModel
 from linearsr.sample import super_resolve
 
@@ -127,6 +129,20 @@ def test_local_folder_loads_with_its_pooling(encoder, tmp_path):
     assert own.pooling == "cls" and encoder.pooling == "mean" and own.dim == 384
     v = own.embedding("cat")
     assert abs(v.norm().item() - 1) < 1e-5 and not torch.allclose(v, encoder.embedding("cat"), atol=1e-3)
+
+
+@needs_encoder
+def test_embedding_cache_serves_the_same_vectors_without_the_model(encoder, tmp_path):
+    table = tmp_path / "tags.json"
+    table.write_text(json.dumps({"tags": {"a.png": ["Cat", "grass"]}, "captions": {"a.png": "A cat on grass."}}))
+    res = CliRunner().invoke(main, ["data", "tag-cache", str(table), "--out", str(tmp_path / "cache.safetensors")])
+    assert res.exit_code == 0, res.output
+    cached = T.load_tag_encoder(tmp_path / "cache.safetensors")
+    assert isinstance(cached, T.CachedTagEncoder) and cached.dim == 384
+    assert torch.equal(cached.embed(["grass", "cat"]), encoder.embed(["cat", "grass"]))
+    assert torch.equal(cached.embed(["a cat on grass."]), encoder.embed(["A cat on grass."]))
+    with pytest.raises(KeyError, match="not in the tag-embedding cache"):
+        cached.embedding("dog")
 
 
 # ---- missing package ------------------------------------------------------------------------------------

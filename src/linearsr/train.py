@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     if cfg.data.tags_file and cfg.data.tag_mode != "none" and model.config.cross_attention:
         from .tags import TagTable, load_tag_encoder
 
-        table, encoder = TagTable.from_file(cfg.data.tags_file), load_tag_encoder("minilm")
+        table, encoder = TagTable.from_file(cfg.data.tags_file), load_tag_encoder(cfg.data.tag_encoder)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dd.device.type == "cuda")
     eval_model = LinearSRModel(model.config).to(dd.device)
 
@@ -242,7 +242,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         hr, lr = batch["hr"].to(dd.device), batch["lr"].to(dd.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
+        # Noise is drawn where it is used: a CPU generator feeding a GPU costs more than the model step.
+        gen = torch.Generator(dd.device).manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
         context, mask = batch_tags(batch["names"], table, encoder, cfg, step, dd)
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             target = model.encode_target(hr, lr)
@@ -282,7 +283,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             hooks.after_step(step=step, loss=float(loss.detach()), model=model, ema=ema, opt=opt, log=log)
 
         stop_now = False
-        if step % cfg.validation.every == 0 or step == cfg.steps:
+        out_of_time = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
+        out_of_time = not dd.all_true(not out_of_time)  # any rank out of time stops all of them
+        final = step == cfg.steps or out_of_time
+        if step % cfg.validation.every == 0 or final:
             if dd.main:
                 ema.copy_to(eval_model)
                 last_val = validate(eval_model, val_set, cfg, dd.device, table, encoder)
@@ -297,12 +301,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
                 prune_snapshots(run_dir, c.keep_last, c.keep_every, c.keep_best)
                 plot_curves(run_dir)
             stop_now = dd.all_true(stop_now) if dd.world > 1 else stop_now
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps or stop_now:
+        if step % cfg.checkpoint.every == 0 or final or stop_now:
             if dd.main:
                 save_train_state(run_dir, model, ema, opt, step, extra={"lr": cfg.optim.lr})
             dd.barrier()
         if stop_now:
             summary["stopped"] = "early_stop"
+            break
+        if out_of_time:
+            summary["stopped"] = "time_limit"
             break
         if step >= cfg.steps:
             break

@@ -28,6 +28,7 @@ class DataConfig:
     workers: int = 1
     tags_file: str | None = None  # JSON {"tags": {path: [tags]}, "captions": {...}} (TAG conditioning)
     tag_mode: str = "tags"  # "tags" (one token per tag), "caption" (one sentence, the ablation), "none"
+    tag_encoder: str = "minilm"  # or a model folder, or a precomputed cache (`linearsr data tag-cache`)
     tag_dropout: float = 0.1  # trains the unconditional branch used by classifier-free guidance
 
 
@@ -101,6 +102,8 @@ class TrainConfig:
     init_from: str | None = None  # run folder (ESGF: its knee snapshot) or model folder to start from
     init_from_any: bool = False  # allow starting from a non-knee checkpoint (ESGF warns against it)
     steps: int = 2000
+    max_minutes: float = 0.0  # wall-clock budget of one invocation (0 = none); when spent, the run ends as
+    #                           if out of steps: validation, snapshot, full state (a GPU lease, a night)
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16"
     log_every: int = 10
@@ -181,8 +184,11 @@ def _build(cls, d: dict[str, Any], where: str):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}{key} must be a mapping")
             kwargs[key] = _build(hint, value, f"{where}{key}.")
-        elif hint is float and isinstance(value, int):
-            kwargs[key] = float(value)
+        elif hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                kwargs[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{where}{key} must be a number, not {value!r}") from None
         elif key == "betas":
             kwargs[key] = tuple(value)
         else:

@@ -77,7 +77,8 @@ def load_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer:
     folder = run_dir / "state"
     meta = json.loads((folder / "state.json").read_text())
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    ema.shadow = load_file(str(folder / "ema.safetensors"))
+    device = next(model.parameters()).device
+    ema.shadow = load_file(str(folder / "ema.safetensors"), device=str(device))
     tensors = load_file(str(folder / "optimizer.safetensors"))
     state: dict[int, dict] = {}
     for key, value in tensors.items():

@@ -30,4 +30,26 @@ def fetch_demo_cmd(dest: Path, train_only: bool, quiet: bool) -> None:
                f"licences in {dest / 'manifest.json'}")
 
 
+@data.command("tag-cache", context_settings=CONTEXT)
+@click.argument("tags_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The .safetensors file to write (train with data.tag_encoder=OUT).")
+@click.option("--encoder", default="minilm", show_default=True, help='"minilm" or a local model folder.')
+def tag_cache_cmd(tags_file: Path, out: Path, encoder: str) -> None:
+    """Precompute the embeddings of every tag and caption in TAGS_FILE, so that training can run where
+    the text model is not installed (a GPU machine with no network, say)."""
+    from ..tags import TagTable, load_tag_encoder
+
+    if out.suffix != ".safetensors":
+        raise click.BadParameter("must end in .safetensors", param_hint="--out")
+    enc = load_tag_encoder(encoder)
+    if enc is None:
+        raise click.ClickException("the text encoder is not installed: pip install 'linearsr[tags]'")
+    table = TagTable.from_file(tags_file)
+    enc.warm(table.all_tags())
+    enc.warm(c for c in table.captions.values() if c)
+    enc.save_cache(out)
+    click.echo(f"{len(enc._cache)} embeddings ({enc.dim}-d, {enc.name}) -> {out}")
+
+
 COMMANDS = [data]
