@@ -100,3 +100,17 @@ def test_mixed_t_training_batch_routes_each_sample(tiny_model):
         plain = LinearSRModel(moe.config.replace(expert_boundaries=[])).eval()
         plain.experts[0].load_state_dict(moe.experts[k].state_dict())
         assert torch.allclose(out[i], plain(x[i:i + 1], t[i:i + 1], lr[i:i + 1])[0], atol=1e-5)
+
+
+def test_mixed_t_batch_under_bf16_autocast_matches_fp32(tiny_model):
+    """Training on a GPU runs under bf16 autocast: the per-expert outputs (bf16) fill one fp32 batch."""
+    moe = _experts_from(tiny_model, [0.5])
+    randomize(moe.experts[1], seed=9)
+    lr = torch.rand(2, 3, 8, 8) * 2 - 1
+    x = torch.randn(moe.latent_shape(lr))
+    t = torch.tensor([0.2, 0.7])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = moe(x, t, lr)
+    assert low.dtype == torch.float32
+    ref = moe(x, t, lr)
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()

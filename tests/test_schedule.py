@@ -49,3 +49,13 @@ def test_time_sampler_truncation_is_exact(kind):
 def test_time_sampler_is_seeded():
     a = TimeSampler()(8, torch.Generator().manual_seed(3))
     assert torch.equal(a, TimeSampler()(8, torch.Generator().manual_seed(3)))
+
+
+def test_zero_prob_puts_that_mass_at_t_min_and_leaves_the_rest_unchanged():
+    base = TimeSampler(shift=3.0)(20000, torch.Generator().manual_seed(0))
+    mixed = TimeSampler(shift=3.0, zero_prob=0.25)(20000, torch.Generator().manual_seed(0))
+    at_zero = mixed == 0
+    assert abs(at_zero.float().mean().item() - 0.25) < 0.02
+    assert torch.equal(mixed[~at_zero], base[~at_zero])  # same stream for t, the extra draw comes after
+    with pytest.raises(ValueError, match="zero_prob"):
+        TimeSampler(zero_prob=1.0)

@@ -110,7 +110,7 @@ class LinearSRModel(nn.Module):
             sel = (idx == k).to(x.device)
             ctx = None if context is None else context[sel]
             mask = None if context_mask is None else context_mask[sel]
-            out[sel] = self._expert(k)(x[sel], t[sel], lr[sel], ctx, mask)
+            out[sel] = self._expert(k)(x[sel], t[sel], lr[sel], ctx, mask).to(out.dtype)  # bf16 under autocast
         return out
 
     # ---- images <-> flow space ----------------------------------------------------------------------

@@ -76,10 +76,15 @@ class TimeSampler:
     shift: float = 1.0
     t_min: float = 0.0
     t_max: float = 1.0
+    # Probability of t = t_min exactly. At t = 0 the input is pure noise and the loss is plain regression
+    # of E[HR | LR]: the one-step (fidelity) sampler's only evaluation, which logit-normal draws rarely visit.
+    zero_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("logit_normal", "uniform"):
             raise ValueError(f"time sampler kind must be logit_normal or uniform, not {self.kind!r}")
+        if not 0.0 <= self.zero_prob < 1.0:
+            raise ValueError(f"zero_prob must be in [0, 1), got {self.zero_prob}")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
@@ -104,4 +109,7 @@ class TimeSampler:
             p = p.clamp(1e-12, 1 - 1e-12)
             u = torch.sigmoid(self.mean + self.std * torch.special.ndtri(p))
         t = shift_t(u, self.shift).clamp(self.t_min, self.t_max)
+        if self.zero_prob > 0:  # drawn after t, so zero_prob = 0 keeps the generator's stream unchanged
+            at_min = torch.rand(n, generator=generator, dtype=torch.float64, device=device) < self.zero_prob
+            t = torch.where(at_min, torch.full_like(t, self.t_min), t)
         return t.float()

@@ -50,6 +50,7 @@ class TimeConfig:
     kind: str = "logit_normal"
     mean: float = 0.0
     std: float = 1.0
+    zero_prob: float = 0.0  # extra mass at t = 0 (pure noise): trains the one-step fidelity output directly
 
 
 @dataclass
@@ -119,7 +120,8 @@ class TrainConfig:
     def time_sampler(self, shift: float):
         from .schedule import TimeSampler
 
-        return TimeSampler(kind=self.time.kind, mean=self.time.mean, std=self.time.std, shift=shift)
+        return TimeSampler(kind=self.time.kind, mean=self.time.mean, std=self.time.std, shift=shift,
+                           zero_prob=self.time.zero_prob)
 
     def model_config(self) -> ModelConfig:
         """The named size + overrides, with expert boundaries computed from this config's schedule."""
