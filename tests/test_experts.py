@@ -114,3 +114,22 @@ def test_mixed_t_batch_under_bf16_autocast_matches_fp32(tiny_model):
     assert low.dtype == torch.float32
     ref = moe(x, t, lr)
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("zero_prob", [0.0, 0.25])
+def test_one_expert_per_batch_reproduces_the_time_distribution(zero_prob):
+    from linearsr.experts import expert_time_samplers
+
+    full = TimeSampler(shift=3.0, zero_prob=zero_prob)
+    shares, samplers = expert_time_samplers(full, snr_boundaries(4, full))
+    assert abs(sum(shares) - 1) < 1e-9 and len(samplers) == 4
+    g = torch.Generator().manual_seed(0)
+    picks = torch.multinomial(torch.tensor(shares), 40000, replacement=True, generator=g)
+    mixed = torch.cat([samplers[k](int((picks == k).sum()), g) for k in range(4)])
+    direct = full(40000, torch.Generator().manual_seed(1))
+    q = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert torch.allclose(mixed.quantile(q), direct.quantile(q), atol=0.01)
+    assert abs((mixed == 0).float().mean() - (direct == 0).float().mean()) < 0.01
+    for k, s in enumerate(samplers):  # each draws inside its own interval only
+        t = s(2000, g)
+        assert t.min() >= s.t_min and t.max() <= s.t_max

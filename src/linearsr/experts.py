@@ -85,6 +85,22 @@ def expert_intervals(boundaries: list[float]) -> list[tuple[float, float]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def expert_time_samplers(sampler: TimeSampler, boundaries: list[float]) -> tuple[list[float], list[TimeSampler]]:
+    """One batch, one expert: each expert's share of the training-time distribution, and `sampler`
+    truncated to that expert's interval. Drawing expert k with its share, then every t of the batch from
+    sampler k, gives the t of `sampler` on average, while a step runs one expert's forward and backward
+    instead of K smaller ones (K times the kernel launches, which is what a small model on a GPU waits on)."""
+    import dataclasses
+
+    shares, samplers = [], []
+    for k, (a, b) in enumerate(expert_intervals(boundaries)):
+        share = (1 - sampler.zero_prob) * (sampler._cdf(b) - sampler._cdf(a)) / (sampler._cdf(1.0) - sampler._cdf(0.0))
+        zero = sampler.zero_prob if k == 0 else 0.0  # the extra mass at t = 0 belongs to the first expert
+        shares.append(share + zero)
+        samplers.append(dataclasses.replace(sampler, t_min=a, t_max=b, zero_prob=zero / (share + zero)))
+    return shares, samplers
+
+
 def describe(boundaries: list[float]) -> list[dict]:
     """Per expert: its t interval and log-SNR interval (for `linearsr info` and model cards)."""
     rows = []

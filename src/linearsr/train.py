@@ -26,7 +26,7 @@ from .data import TrainStream, build_data, fixed_validation_set, seed_for
 from .loss import FlowMatchingLoss
 from .model import LinearSRModel
 from .sample import super_resolve
-from .experts import expert_intervals
+from .experts import expert_intervals, expert_time_samplers
 from .train_config import TrainConfig
 from .train_state import (EMA, has_train_state, load_train_state, prune_snapshots, read_metrics,
                           save_train_state, snapshot_dir)
@@ -198,6 +198,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             expert.requires_grad_(i == k)
         trainable = list(model.experts[k].parameters())
     loss_fn = FlowMatchingLoss(sampler)
+    expert_losses = None
+    if cfg.experts.train == "all" and model.config.num_experts > 1:
+        shares, samplers = expert_time_samplers(sampler, model.config.expert_boundaries)
+        expert_losses = (torch.tensor(shares, dtype=torch.float64), [FlowMatchingLoss(s) for s in samplers])
     if hooks is None and cfg.guard.rollback:
         from .esgf import DivergenceGuard
 
@@ -245,9 +249,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         # Noise is drawn where it is used: a CPU generator feeding a GPU costs more than the model step.
         gen = torch.Generator(dd.device).manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
         context, mask = batch_tags(batch["names"], table, encoder, cfg, step, dd)
+        step_loss = loss_fn
+        if expert_losses is not None:  # one expert per batch, the same on every rank
+            pick = torch.Generator().manual_seed(seed_for(cfg.seed, "expert", step))
+            step_loss = expert_losses[1][int(torch.multinomial(expert_losses[0], 1, generator=pick))]
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             target = model.encode_target(hr, lr)
-            loss = loss_fn(net, target, lr, context, mask, generator=gen).mean()
+            loss = step_loss(net, target, lr, context, mask, generator=gen).mean()
         opt.zero_grad(set_to_none=True)
         ok = dd.all_true(bool(torch.isfinite(loss)))
         grad_norm = float("nan")
