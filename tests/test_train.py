@@ -162,3 +162,25 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     assert len(set(r0)) > 1  # and they did train
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "curves.png", "metrics.jsonl",
                                                                    "snapshots", "state"]
+
+
+def test_tag_validation_scores_the_conditional_loss(tmp_path):
+    """validation.use_tags: samples AND the validation loss see each crop's tags (from a cached encoder)."""
+    from safetensors.torch import save_file
+
+    photos = make_photos(tmp_path / "photos")
+    (tmp_path / "tags.json").write_text(json.dumps({"tags": {f"photo{i}.png": ["red", "blue"] for i in range(5)}}))
+    save_file({"embeddings": torch.randn(2, 12)}, str(tmp_path / "cache.safetensors"),
+              metadata={"texts": json.dumps(["blue", "red"]), "encoder": "random"})
+    cfg = write_config(tmp_path, steps=3, **{"model.cond_dim": 12, "validation.every": 3,
+                                             "data.tags_file": str(tmp_path / "tags.json"),
+                                             "data.tag_encoder": str(tmp_path / "cache.safetensors"),
+                                             "data.tag_dropout": 0.0, "data.train_dir": str(photos)})
+    rows = {}
+    for use in (False, True):
+        c = TrainConfig.load(cfg, [f"validation.use_tags={str(use).lower()}"])
+        train(c, tmp_path / f"run-{use}", progress=False)
+        rows[use] = read_metrics(tmp_path / f"run-{use}", "val")[-1]
+    assert rows[True]["val_loss"] != rows[False]["val_loss"]
+    losses = {use: [r["loss"] for r in read_metrics(tmp_path / f"run-{use}", "train")] for use in (False, True)}
+    assert losses[True] == losses[False]  # the same training; only what validation conditions on differs

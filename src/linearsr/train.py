@@ -102,13 +102,16 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
     model.eval()
     scores = {"psnr": [], "psnr_y": [], "ssim": []}
     border = model.config.scale
-    for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
-        context = mask = None
-        if cfg.validation.use_tags and table is not None:
-            from .tags import batch_context
+    conditions = [(None, None)] * len(val["hr"])
+    if cfg.validation.use_tags and table is not None:
+        from .tags import batch_context
 
-            context, mask = batch_context([val["names"][i]], table, encoder, 0.0, torch.Generator(), cfg.data.tag_mode)
-            context, mask = (None, None) if context is None else (context.to(device), mask.to(device))
+        conditions = []
+        for name in val["names"]:
+            context, mask = batch_context([name], table, encoder, 0.0, torch.Generator(), cfg.data.tag_mode)
+            conditions.append((None, None) if context is None else (context.to(device), mask.to(device)))
+    for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
+        context, mask = conditions[i]
         out = super_resolve(model, lr[None].to(device), steps=cfg.validation.steps, seed=cfg.validation.seed,
                             context=context, context_mask=mask)
         out = ((out.float().cpu().clamp(-1, 1) + 1) / 2)[0]
@@ -117,24 +120,28 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
         scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
         scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
     result = {k: sum(v) / len(v) for k, v in scores.items()}
-    result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], cfg.validation.seed, device)
+    seed = cfg.validation.seed
+    result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], seed, device, conditions)
     if model.config.num_experts > 1:  # each expert's own curve, on timesteps inside its interval
         for k, (a, b) in enumerate(expert_intervals(model.config.expert_boundaries)):
             ts = [a + (b - a) * q for q in (0.25, 0.5, 0.75)]
-            result[f"val_loss_e{k}"] = validation_loss(model, val, ts, cfg.validation.seed, device)
+            result[f"val_loss_e{k}"] = validation_loss(model, val, ts, seed, device, conditions)
     return result
 
 
 @torch.no_grad()
-def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int, device: torch.device) -> float:
-    """Flow-matching loss on the fixed set at fixed times with fixed noise: a low-noise curve."""
+def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int, device: torch.device,
+                    conditions: list | None = None) -> float:
+    """Flow-matching loss on the fixed set at fixed times with fixed noise: a low-noise curve. `conditions`:
+    per crop (context, mask), as the samples were validated; None = the null tokens."""
     total, count = 0.0, 0
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         hr, lr = hr[None].to(device), lr[None].to(device)
+        context, mask = conditions[i] if conditions else (None, None)
         x = model.encode_target(hr, lr)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
         for t in ts:
-            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr)
+            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr, context, mask)
             total += float((v.float() - (x - noise)).pow(2).mean())
             count += 1
     return total / count
