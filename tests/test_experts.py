@@ -89,12 +89,16 @@ def test_lean_mode_gives_identical_samples(tiny_model):
     assert torch.equal(super_resolve(moe, lr, steps=8, seed=0), resident)
 
 
-def test_mixed_t_training_batch_routes_each_sample(tiny_model):
+def _two_experts_mixed_batch(tiny_model):
+    """Two distinct experts (boundary 0.5) and a batch with one sample for each."""
     moe = _experts_from(tiny_model, [0.5])
     randomize(moe.experts[1], seed=9)
     lr = torch.rand(2, 3, 8, 8) * 2 - 1
-    x = torch.randn(moe.latent_shape(lr))
-    t = torch.tensor([0.2, 0.7])
+    return moe, torch.randn(moe.latent_shape(lr)), torch.tensor([0.2, 0.7]), lr
+
+
+def test_mixed_t_training_batch_routes_each_sample(tiny_model):
+    moe, x, t, lr = _two_experts_mixed_batch(tiny_model)
     out = moe(x, t, lr)
     for i, k in enumerate((0, 1)):  # sample i must match a plain model holding expert k's weights
         plain = LinearSRModel(moe.config.replace(expert_boundaries=[])).eval()
@@ -104,11 +108,7 @@ def test_mixed_t_training_batch_routes_each_sample(tiny_model):
 
 def test_mixed_t_batch_under_bf16_autocast_matches_fp32(tiny_model):
     """Training on a GPU runs under bf16 autocast: the per-expert outputs (bf16) fill one fp32 batch."""
-    moe = _experts_from(tiny_model, [0.5])
-    randomize(moe.experts[1], seed=9)
-    lr = torch.rand(2, 3, 8, 8) * 2 - 1
-    x = torch.randn(moe.latent_shape(lr))
-    t = torch.tensor([0.2, 0.7])
+    moe, x, t, lr = _two_experts_mixed_batch(tiny_model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = moe(x, t, lr)
     assert low.dtype == torch.float32

@@ -68,6 +68,8 @@ def test_dry_run_prints_resolved_config_with_overrides(tmp_path):
     assert res.exit_code == 0 and "lr: 0.002" in res.output, res.output
     res = CliRunner().invoke(main, ["train", str(cfg), "optim.lr=fast", "--dry-run"])
     assert res.exit_code == 2 and "optim.lr must be a number" in res.output
+    res = CliRunner().invoke(main, ["train", str(cfg), "experts.routing=random", "--dry-run"])
+    assert res.exit_code == 2 and "experts.routing must be batch or sample" in res.output
 
 
 def test_run_writes_metrics_snapshots_curves(tmp_path):

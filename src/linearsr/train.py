@@ -205,10 +205,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             expert.requires_grad_(i == k)
         trainable = list(model.experts[k].parameters())
     loss_fn = FlowMatchingLoss(sampler)
-    expert_losses = None
-    if cfg.experts.train == "all" and model.config.num_experts > 1:
+    expert_shares = expert_loss_fns = None
+    if cfg.experts.train == "all" and cfg.experts.routing == "batch" and model.config.num_experts > 1:
         shares, samplers = expert_time_samplers(sampler, model.config.expert_boundaries)
-        expert_losses = (torch.tensor(shares, dtype=torch.float64), [FlowMatchingLoss(s) for s in samplers])
+        expert_shares, expert_loss_fns = torch.tensor(shares, dtype=torch.float64), [FlowMatchingLoss(s) for s in samplers]
     if hooks is None and cfg.guard.rollback:
         from .esgf import DivergenceGuard
 
@@ -257,9 +257,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         gen = torch.Generator(dd.device).manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
         context, mask = batch_tags(batch["names"], table, encoder, cfg, step, dd)
         step_loss = loss_fn
-        if expert_losses is not None:  # one expert per batch, the same on every rank
+        if expert_shares is not None:  # one expert per batch, the same on every rank
             pick = torch.Generator().manual_seed(seed_for(cfg.seed, "expert", step))
-            step_loss = expert_losses[1][int(torch.multinomial(expert_losses[0], 1, generator=pick))]
+            step_loss = expert_loss_fns[int(torch.multinomial(expert_shares, 1, generator=pick))]
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             target = model.encode_target(hr, lr)
             loss = step_loss(net, target, lr, context, mask, generator=gen).mean()
@@ -299,7 +299,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
 
         stop_now = False
         out_of_time = cfg.max_minutes > 0 and time.time() - started > 60 * cfg.max_minutes
-        out_of_time = not dd.all_true(not out_of_time)  # any rank out of time stops all of them
+        if cfg.max_minutes > 0:
+            out_of_time = not dd.all_true(not out_of_time)  # any rank out of time stops all of them
         final = step == cfg.steps or out_of_time
         if step % cfg.validation.every == 0 or final:
             if dd.main:

@@ -93,7 +93,14 @@ class ExpertsConfig:
     count: int = 1  # K experts (a power of two); 1 = the plain model
     spacing: str = "snr"  # "snr" (hierarchical log-SNR bisection) or "uniform" (equal t intervals, ablation)
     anchor: str | float = "median"  # see experts.py
-    train: str | int = "all"  # "all" at once (each sample routed by its t) or one expert's index
+    train: str | int = "all"  # "all" at once, or one expert's index (only its t interval and weights)
+    # With "all": "batch" = one expert per batch, drawn with its share of the t distribution (one forward
+    # per step: K times fewer kernel launches on a GPU); "sample" = every sample routed by its own t.
+    routing: str = "batch"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ("batch", "sample"):
+            raise ValueError(f"experts.routing must be batch or sample, not {self.routing!r}")
 
 
 @dataclass
