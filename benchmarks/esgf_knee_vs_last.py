@@ -32,8 +32,10 @@ ARMS = ("knee", "last")
 
 
 def finetune_cmd(cfg: Path, out: Path, init: Path, steps: int, overrides: list[str]) -> list[str]:
+    """A run folder as `init` starts from its knee (ESGF's default); a snapshot folder needs --init-from-any."""
+    any_flag = [] if (init / "knee.json").is_file() else ["--init-from-any"]
     return [sys.executable, "-m", "linearsr.cli", "train", str(cfg), "--out", str(out), "--quiet", "--resume",
-            "--init-from", str(init), "--init-from-any", f"steps={steps}", "early_stop.enabled=false", *overrides]
+            "--init-from", str(init), *any_flag, f"steps={steps}", "early_stop.enabled=false", *overrides]
 
 
 def summarise(run: Path) -> dict:
@@ -112,7 +114,7 @@ def main() -> None:
         (pre / "done.json").write_text(json.dumps(summary))
     knee = finalize_knee(pre)
     snaps = list_snapshots(pre)
-    inits = {"knee": Path(knee["snapshot"]), "last": snaps[max(snaps)]}
+    inits = {"knee": pre, "last": snaps[max(snaps)]}
     init_steps = {"knee": knee["step"], "last": max(snaps)}
     print(f"knee at step {knee['step']}, last snapshot at step {max(snaps)}", flush=True)
 
