@@ -33,7 +33,7 @@ def _quantile_t(sampler: TimeSampler, q: float) -> float:
     lo, hi = 0.0, 1.0
     for _ in range(80):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sampler._cdf(mid) < q else (lo, mid)
+        lo, hi = (mid, hi) if sampler.cdf(mid) < q else (lo, mid)
     return (lo + hi) / 2
 
 
@@ -94,7 +94,7 @@ def expert_time_samplers(sampler: TimeSampler, boundaries: list[float]) -> tuple
 
     shares, samplers = [], []
     for k, (a, b) in enumerate(expert_intervals(boundaries)):
-        share = (1 - sampler.zero_prob) * (sampler._cdf(b) - sampler._cdf(a)) / (sampler._cdf(1.0) - sampler._cdf(0.0))
+        share = (1 - sampler.zero_prob) * (sampler.cdf(b) - sampler.cdf(a)) / (sampler.cdf(1.0) - sampler.cdf(0.0))
         zero = sampler.zero_prob if k == 0 else 0.0  # the extra mass at t = 0 belongs to the first expert
         shares.append(share + zero)
         samplers.append(dataclasses.replace(sampler, t_min=a, t_max=b, zero_prob=zero / (share + zero)))

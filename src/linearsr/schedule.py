@@ -88,7 +88,7 @@ class TimeSampler:
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
 
-    def _cdf(self, t: float) -> float:
+    def cdf(self, t: float) -> float:
         """CDF of the base (unshifted) distribution at the unshifted image of t."""
         u = float(unshift_t(torch.tensor(t, dtype=torch.float64), self.shift))
         if self.kind == "uniform":
@@ -101,7 +101,7 @@ class TimeSampler:
         return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
     def __call__(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        lo, hi = self._cdf(self.t_min), self._cdf(self.t_max)
+        lo, hi = self.cdf(self.t_min), self.cdf(self.t_max)
         p = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         if self.kind == "uniform":
             u = p
