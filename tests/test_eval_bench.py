@@ -160,3 +160,15 @@ def test_fake_flop_count_equals_real_forward():
     lr = torch.rand(1, 3, 16, 16) * 2 - 1
     real_total, _ = count_flops(net, torch.randn(net.latent_shape(lr)), torch.full((1,), 0.5), lr)
     assert fake_total == real_total == sum(by_group.values())
+
+
+def test_flops_of_an_expert_model_are_one_backbone_per_forward():
+    """A K-expert model runs one expert per forward: its FLOPs are those of the plain model."""
+    cfg = build_model(size="tiny", fake=True)
+    moe = cfg.replace(expert_boundaries=[0.25, 0.5, 0.75])
+    assert forward_flops(moe, 64)[0] == forward_flops(cfg, 64)[0]
+    net = build_model(size="tiny")
+    lr = torch.rand(1, 3, 16, 16) * 2 - 1
+    experts = type(net)(moe).eval().requires_grad_(False)
+    real, _ = count_flops(experts, torch.randn(experts.latent_shape(lr)), torch.full((1,), 0.5), lr)
+    assert real == forward_flops(moe, 64)[0]

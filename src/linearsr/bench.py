@@ -120,13 +120,15 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, dict]:
 
 
 def forward_flops(config, size: int) -> tuple[int, dict]:
-    """FLOPs of one forward at output side `size`, counted on fake tensors (instant, no memory)."""
+    """FLOPs of one forward at output side `size`, counted on fake tensors (instant, no memory). A forward
+    runs one expert, so experts are counted as the single backbone they share (routing reads t's value,
+    which fake tensors do not have)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .model import LinearSRModel
 
     with FakeTensorMode():
-        net = LinearSRModel(config).eval().requires_grad_(False)
+        net = LinearSRModel(config.replace(expert_boundaries=[])).eval().requires_grad_(False)
         lr = torch.zeros(1, 3, size // config.scale, size // config.scale)
         x = torch.zeros(net.latent_shape(lr))
         total, counts = count_flops(net, x, torch.full((1,), 0.5), lr)
