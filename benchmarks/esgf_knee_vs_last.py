@@ -40,7 +40,7 @@ def finetune_cmd(cfg: Path, out: Path, init: Path, steps: int, overrides: list[s
 
 def summarise(run: Path) -> dict:
     val, train_rows = read_metrics(run, "val"), read_metrics(run, "train")
-    events = [r for r in read_metrics(run, "event")]
+    events = read_metrics(run, "event")
     losses = [r["loss"] for r in train_rows]
     tail = losses[len(losses) // 2:] or losses
     return {

@@ -21,6 +21,7 @@ The "uniform" spacing (K equal intervals of t) is the paper's ablation baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -90,11 +91,9 @@ def expert_time_samplers(sampler: TimeSampler, boundaries: list[float]) -> tuple
     truncated to that expert's interval. Drawing expert k with its share, then every t of the batch from
     sampler k, gives the t of `sampler` on average, while a step runs one expert's forward and backward
     instead of K smaller ones (K times the kernel launches, which is what a small model on a GPU waits on)."""
-    import dataclasses
-
     shares, samplers = [], []
     for k, (a, b) in enumerate(expert_intervals(boundaries)):
-        share = (1 - sampler.zero_prob) * (sampler.cdf(b) - sampler.cdf(a)) / (sampler.cdf(1.0) - sampler.cdf(0.0))
+        share = (1 - sampler.zero_prob) * (sampler.cdf(b) - sampler.cdf(a))  # cdf(0) = 0, cdf(1) = 1
         zero = sampler.zero_prob if k == 0 else 0.0  # the extra mass at t = 0 belongs to the first expert
         shares.append(share + zero)
         samplers.append(dataclasses.replace(sampler, t_min=a, t_max=b, zero_prob=zero / (share + zero)))
