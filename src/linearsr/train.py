@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from .model import LinearSRModel
 from .sample import super_resolve
 from .experts import expert_intervals, expert_time_samplers
 from .train_config import TrainConfig
-from .train_state import (EMA, has_train_state, load_train_state, prune_snapshots, read_metrics,
-                          save_train_state, snapshot_dir)
+from .train_state import (EMA, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
+                          read_metrics, save_train_state, snapshot_dir, truncate_metrics)
 
 
 class TrainingStopped(RuntimeError):
@@ -147,6 +148,19 @@ def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int,
     return total / count
 
 
+TRAIN_EXTRA = ("matplotlib", "yaml")  # what training imports from the `train` extra (curves, configs)
+
+
+def require_train_extra() -> None:
+    """One line naming the install command when a package of the `train` extra is missing."""
+    import importlib.util
+
+    missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"training needs the train extra (missing: {', '.join(missing)}): "
+                           f"pip install \"linearsr[train]\"")
+
+
 def plot_curves(run_dir: Path) -> None:
     import matplotlib
 
@@ -191,8 +205,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     e.g. rolled back); ESGF's `DivergenceGuard` is one, installed automatically with `guard.rollback`."""
     run_dir = Path(run_dir)
     dd = setup_distributed()
-    if has_train_state(run_dir) and not resume:
+    if (has_train_state(run_dir) or read_metrics(run_dir)) and not resume:
         raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    require_train_extra()  # before any step: a missing plotting package must not kill the run at step 10
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dd.device)
     model.config.provenance = {**model.config.provenance, "train_config": str(run_dir / "config.yaml")}
@@ -215,12 +230,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         hooks = DivergenceGuard(model, cfg)
     opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
-    step = 0
+    step, extra = 0, {"metrics_lines": 0}
+    say = (lambda m: print(f"linearsr: warning: {m}", file=sys.stderr, flush=True)) if dd.main else None
     if resume and has_train_state(run_dir):
-        step, extra = load_train_state(run_dir, model, ema, opt)
+        step, extra = load_train_state(run_dir, model, ema, opt, notify=say)
         cfg.optim.lr = extra.get("lr", cfg.optim.lr)  # a rollback may have lowered it
+    elif resume and read_metrics(run_dir) and say:
+        say(f"{run_dir}: no saved state yet; starting again from step 0")
     if dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # rows logged after the resumed state was saved would be written again: drop them first
+        truncate_metrics(run_dir, step, extra.get("metrics_lines"))
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     log = MetricsLog(run_dir, dd.main)
 
@@ -319,7 +339,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             stop_now = dd.all_true(stop_now) if dd.world > 1 else stop_now
         if step % cfg.checkpoint.every == 0 or final or stop_now:
             if dd.main:
-                save_train_state(run_dir, model, ema, opt, step, extra={"lr": cfg.optim.lr})
+                save_train_state(run_dir, model, ema, opt, step,
+                                 extra={"lr": cfg.optim.lr, "metrics_lines": metrics_line_count(run_dir)})
             dd.barrier()
         if stop_now:
             summary["stopped"] = "early_stop"
