@@ -281,3 +281,14 @@ def test_model_folder_with_nan_weights_is_refused(tmp_path):
     save_file(tensors, str(path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=rf"tensor {name} holds NaN/inf"):
         load_pretrained(path)
+
+
+def test_too_few_images_counts_only_readable_ones(tmp_path):
+    cfg = write_config(tmp_path)
+    photos = tmp_path / "photos"
+    for extra in list(photos.iterdir())[2:]:
+        extra.unlink()
+    (photos / "notes.png").write_text("not a picture")
+    res = CliRunner().invoke(main, ["train", str(cfg), "data.val_holdout=3", "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert "2 readable images (of 3 files with image names) cannot spare 3" in res.output

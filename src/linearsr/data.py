@@ -40,6 +40,16 @@ def list_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def _header_ok(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:
+        return False
+
+
 def split_holdout(files: list[Path], n: int, root: Path) -> tuple[list[Path], list[Path]]:
     """Hold out n files chosen by a hash of their relative path: stable when files are added."""
     ranked = sorted(files, key=lambda p: hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest())
@@ -152,8 +162,11 @@ def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, Photo
         train_files, val_files = files, list_images(val_root)
     else:
         if len(files) <= cfg.val_holdout:
-            raise ValueError(f"{root}: {len(files)} images cannot spare {cfg.val_holdout} for validation "
-                             f"(set data.val_holdout or data.val_dir)")
+            # count what really decodes: a text file named x.png is not an image to train on
+            readable = sum(1 for f in files if _header_ok(f))
+            named = f" (of {len(files)} files with image names)" if readable != len(files) else ""
+            raise ValueError(f"{root}: {readable} readable images{named} cannot spare {cfg.val_holdout} for "
+                             f"validation (set data.val_holdout or data.val_dir)")
         val_root = root
         train_files, val_files = split_holdout(files, cfg.val_holdout, root)
     train = PhotoPool(train_files, root, cfg.max_side, cfg.crop_size)

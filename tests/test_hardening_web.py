@@ -1,4 +1,4 @@
-"""The web API against its limits: every parameter is checked on the server with the same `LIMITS` the page's
+"""The web API against its limits and the bad-files corpus (tests/bad_corpus.py): every parameter is checked on the server with the same `LIMITS` the page's
 controls are built from, a job stops when its client cancels or its time runs out, and finished jobs do not
 pile up on disk. Uses gradio_client over real HTTP on 127.0.0.1 (skipped without the `web` extra)."""
 
@@ -31,6 +31,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    randomize(LinearSRModel(tiny_config())).eval().save_pretrained(path)
+    return path
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -134,4 +141,34 @@ def test_api_refuses_out_of_range_settings_and_cancelled_jobs_free_the_slot(tmp_
         assert calls["n"] < 30, f"the cancelled job ran on: {calls['n']} forwards"
     finally:
         demo.linearsr_stop.set()
+        demo.close()
+
+
+@needs_gradio
+@pytest.mark.filterwarnings("ignore::Warning")
+def test_bad_corpus_through_the_web_api_one_line_each(tmp_path, model_dir):
+    """Every uploadable file of the corpus, sent to /upscale over HTTP: one line naming the file and the
+    reason, and the server goes on answering (the good files are upscaled between the bad ones)."""
+    import bad_corpus
+    from gradio_client import Client, handle_file
+
+    from linearsr.web import serve
+
+    corpus = tmp_path / "corpus"
+    expected = bad_corpus.build(corpus, links=False)
+    demo = serve(str(model_dir), port=free_port(), device="cpu", block=False, quiet=True, max_pixels=1_000_000)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        for name in [*expected, *bad_corpus.GOOD]:
+            values = [handle_file(str(corpus / name)), *GOOD.values()]
+            if name in bad_corpus.GOOD:
+                _compare, _download, settings = client.predict(*values, api_name="/upscale")
+                assert settings["input"]["name"] == name
+                continue
+            with pytest.raises(Exception) as e:
+                client.predict(*values, api_name="/upscale")
+            message = str(e.value)
+            assert name in message and expected[name] in message and "\n" not in message.strip(), message
+            assert "Traceback" not in message
+    finally:
         demo.close()
