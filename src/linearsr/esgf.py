@@ -99,7 +99,8 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
                              f"plain model folder")
         warnings.warn(f"starting from {path}, not a knee checkpoint", stacklevel=2)
         source = path
-    state = {k.removeprefix("experts."): v.float() for k, v in load_file(str(source / WEIGHTS_NAME)).items()}
+    saved = load_file(str(source / WEIGHTS_NAME))
+    state = {k.removeprefix("experts."): v.float() for k, v in saved.items() if k.startswith("experts.")}
     source_experts = 1 + max(int(k.split(".", 1)[0]) for k in state)
     if source_experts == num_experts:
         return source, state
