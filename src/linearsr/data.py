@@ -156,7 +156,7 @@ class TrainStream(torch.utils.data.IterableDataset):
 def fixed_validation_set(pool: PhotoPool, cfg: DataConfig, scale: int, seed: int, multiple: int) -> dict:
     """`cfg.val_crops` crops from held-out photos, positions and degradations frozen by `seed`: the same
     set for every run and every resume, so curves are comparable. A mix cycles through its kinds."""
-    hrs, lrs, names = [], [], []
+    hrs, lrs, names, crop_kinds = [], [], [], []
     kinds = list(degradation_mix(cfg))
     for k in range(cfg.val_crops):
         rng = np.random.default_rng(seed_for("val", seed, k))
@@ -164,8 +164,8 @@ def fixed_validation_set(pool: PhotoPool, cfg: DataConfig, scale: int, seed: int
         kind = kinds[k % len(kinds)]
         size = min(cfg.val_crop_size, *pool.images[i].shape[:2]) // multiple * multiple
         hr, lr = make_pair(pool.images[i], rng, size, scale, kind, augment=False)
-        hrs.append(hr), lrs.append(lr), names.append(pool.names[i])
-    return {"hr": hrs, "lr": lrs, "names": names}
+        hrs.append(hr), lrs.append(lr), names.append(pool.names[i]), crop_kinds.append(kind)
+    return {"hr": hrs, "lr": lrs, "names": names, "kinds": crop_kinds}
 
 
 def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, PhotoPool]:

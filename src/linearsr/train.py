@@ -119,10 +119,15 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
         scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
         scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
+        kind = val["kinds"][i] if "kinds" in val else None
+        if kind is not None and len(set(val["kinds"])) > 1:  # one curve per degradation kind, too
+            scores.setdefault(f"psnr_{kind}", []).append(scores["psnr"][-1])
         base = model.base_image(lr[None].to(device))
         if base is not None:  # the bar the flow model has to clear on the same crops
-            scores["psnr_base"].append(metrics.psnr(((base.float().cpu().clamp(-1, 1) + 1) / 2)[0], ref,
-                                                    crop_border=border))
+            base_psnr = metrics.psnr(((base.float().cpu().clamp(-1, 1) + 1) / 2)[0], ref, crop_border=border)
+            scores["psnr_base"].append(base_psnr)
+            if kind is not None and len(set(val["kinds"])) > 1:
+                scores.setdefault(f"psnr_base_{kind}", []).append(base_psnr)
     result = {k: sum(v) / len(v) for k, v in scores.items() if v}
     seed = cfg.validation.seed
     result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], seed, device, conditions)
