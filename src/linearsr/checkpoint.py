@@ -68,8 +68,8 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, o
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it")
-    tensors = {f"experts.{k}": v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
-               for k, v in model.experts.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
+               for k, v in model_tensors(model).items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
@@ -142,12 +142,22 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
     if bad is not None:  # a NaN model writes black images and reports success: refuse it here
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: tensor {bad} holds NaN/inf; the file is damaged")
     model = LinearSRModel(config)
-    state = {k.removeprefix("experts."): v.float() for k, v in state.items()}
-    missing, unexpected = model.experts.load_state_dict(state, strict=False)
+    expected = model_tensors(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match config.json "
-                              f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})")
+        what = ("the base weights (base.*) are missing: the folder was saved without its restoration prior"
+                if missing and all(k.startswith("base.") for k in missing) else
+                f"missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]}")
+        raise CheckpointError(f"{folder}: weights do not match config.json ({what})")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def model_tensors(model) -> dict[str, torch.Tensor]:
+    """What a model folder stores: the experts' weights and, for a learned base (SPAN), the base's, so that
+    a fine-tuned prior travels with its model. The bicubic base has none."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base."))}
 
 
 def refuse_pickle(path: Path) -> None:

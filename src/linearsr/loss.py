@@ -17,14 +17,16 @@ class FlowMatchingLoss:
         self.time_sampler = time_sampler or TimeSampler()
 
     def __call__(self, model, x_clean: torch.Tensor, lr: torch.Tensor, context: torch.Tensor | None = None,
-                 context_mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 context_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 **condition) -> torch.Tensor:
         """Per-sample losses, shape (B,). Noise and t come from `generator` for reproducibility; the noise
-        is drawn on the generator's device (a CUDA generator keeps it on the GPU)."""
+        is drawn on the generator's device (a CUDA generator keeps it on the GPU). `condition`: the base
+        image and degradation levels of `LinearSRModel.condition`, passed on to the model."""
         b = x_clean.shape[0]
         device = generator.device if generator is not None else x_clean.device
         t = self.time_sampler(b, generator, device=device).to(x_clean.device)
         noise = torch.randn(x_clean.shape, generator=generator, device=device).to(x_clean.device, x_clean.dtype)
         t_ = t.view(b, 1, 1, 1).to(x_clean.dtype)
         x_t = (1 - t_) * noise + t_ * x_clean
-        pred = model(x_t, t, lr, context, context_mask)
+        pred = model(x_t, t, lr, context, context_mask, **condition)
         return (pred.float() - (x_clean - noise).float()).pow(2).mean(dim=(1, 2, 3))

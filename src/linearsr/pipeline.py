@@ -128,11 +128,13 @@ class _DeviceForward:
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
         self.config = model.config
 
-    def __call__(self, x, t, lr, context=None, context_mask=None):
+    def __call__(self, x, t, lr, context=None, context_mask=None, **condition):
         d = self.device
         move = lambda a: None if a is None else a.to(d)  # noqa: E731
+        condition = {k: move(v) for k, v in condition.items()}
         with torch.autocast(d.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask))
+            v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask),
+                           **condition)
         return v.to(device=x.device, dtype=x.dtype)
 
 

@@ -101,7 +101,7 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
     conditioned on each crop's tags when `validation.use_tags` (else the null tokens, as for a user who
     gives no tags)."""
     model.eval()
-    scores = {"psnr": [], "psnr_y": [], "ssim": []}
+    scores = {"psnr": [], "psnr_y": [], "ssim": [], "psnr_base": []}
     border = model.config.scale
     conditions = [(None, None)] * len(val["hr"])
     if cfg.validation.use_tags and table is not None:
@@ -120,7 +120,16 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
         scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
         scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
-    result = {k: sum(v) / len(v) for k, v in scores.items()}
+        kind = val["kinds"][i] if "kinds" in val else None
+        if kind is not None and len(set(val["kinds"])) > 1:  # one curve per degradation kind, too
+            scores.setdefault(f"psnr_{kind}", []).append(scores["psnr"][-1])
+        base = model.base_image(lr[None].to(device))
+        if base is not None:  # the bar the flow model has to clear on the same crops
+            base_psnr = metrics.psnr(((base.float().cpu().clamp(-1, 1) + 1) / 2)[0], ref, crop_border=border)
+            scores["psnr_base"].append(base_psnr)
+            if kind is not None and len(set(val["kinds"])) > 1:
+                scores.setdefault(f"psnr_base_{kind}", []).append(base_psnr)
+    result = {k: sum(v) / len(v) for k, v in scores.items() if v}
     seed = cfg.validation.seed
     result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], seed, device, conditions)
     if model.config.num_experts > 1:  # each expert's own curve, on timesteps inside its interval
@@ -139,10 +148,11 @@ def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int,
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         hr, lr = hr[None].to(device), lr[None].to(device)
         context, mask = conditions[i] if conditions else (None, None)
-        x = model.encode_target(hr, lr)
+        cond = model.condition(lr)
+        x = model.encode_target(hr, lr, base=cond.get("base"))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
         for t in ts:
-            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr, context, mask)
+            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr, context, mask, **cond)
             total += float((v.float() - (x - noise)).pow(2).mean())
             count += 1
     return total / count
@@ -281,8 +291,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             pick = torch.Generator().manual_seed(seed_for(cfg.seed, "expert", step))
             step_loss = expert_loss_fns[int(torch.multinomial(expert_shares, 1, generator=pick))]
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            target = model.encode_target(hr, lr)
-            loss = step_loss(net, target, lr, context, mask, generator=gen).mean()
+            cond = model.condition(lr)  # base image and degradation levels, once per batch, no gradient
+            base_l1 = None
+            if model.config.base_trainable:  # the prior learns through its conditioning input and an L1 term
+                cond["base"] = model.base_image(lr)
+                base_l1 = (cond["base"].float() - hr.float()).abs().mean()
+            target = model.encode_target(hr, lr, base=None if "base" not in cond else cond["base"].detach())
+            loss = step_loss(net, target, lr, context, mask, generator=gen, **cond).mean()
+            if base_l1 is not None:
+                loss = loss + cfg.optim.base_l1_weight * base_l1
         opt.zero_grad(set_to_none=True)
         ok = dd.all_true(bool(torch.isfinite(loss)))
         grad_norm = float("nan")

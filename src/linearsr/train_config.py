@@ -43,6 +43,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at `steps`) or "constant"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    base_l1_weight: float = 1.0  # with model.base_trainable: weight of the L1 term on the base image
     ema_decay: float = 0.999
     batch_size: int = 8  # per process
 

@@ -51,7 +51,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana"):
+    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana", "span"):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:  # a command module not written yet, never a missing dependency
