@@ -1,10 +1,12 @@
 """The LinearSR backbone: a SANA-style linear-attention diffusion transformer conditioned on an LR image.
 
     noisy grid x_t (B, C, h, w) --+
-                                  +-- concat --> patch conv --> N x [LinearSRBlock] --> adaLN out --> v
+                                  +-- concat --> patch conv --> N x [LinearSRBlock] --> adaLN out --> F
     LR image -> LRStem (B, c, h, w) -+                 ^ t (adaLN-single)   ^ tags (cross-attention)
 
-It predicts the flow-matching velocity v = x_clean - noise (time convention in `schedule.py`). There is no
+Its output F is what `config.prediction` says the network predicts: the velocity itself ("velocity"),
+the clean sample ("clean") or the preconditioned residual ("preconditioned", the default); `LinearSRModel`
+scales x_t before it gets here and converts F to the velocity (preconditioning.py). There is no
 positional embedding: the Mix-FFN's depth-wise conv supplies position, so any grid size works, square or
 not. Module and parameter names mirror diffusers' `SanaTransformer2DModel` so the SANA importer maps
 weights by name; the extras (LR stem, wider input conv, null tag tokens) are ours.
@@ -87,8 +89,10 @@ class LinearSRBackbone(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # DiT/PixArt recipe: xavier linears, small timestep MLP, zero output layers so that every block
-        # starts as the identity and the first prediction is v = 0.
+        # DiT/PixArt recipe: xavier linears, small timestep MLP, zero output layers: the tags start with no
+        # effect (zero cross-attention output) and the first output is F = 0 for any input. Through the
+        # default preconditioning that is x_clean = c_skip x_t, so a fresh model's one-step sample is exactly
+        # the base image (with "velocity": v = 0; with "clean": x_clean = 0, again the base image).
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)

@@ -18,8 +18,8 @@ BASES = ("bicubic", "span", "none")
 # Named backbone sizes. `tiny` is for tests; `small` is the CPU default; the `sana-*` entries match the
 # published SANA transformers (diffusers' SanaTransformer2DModel configs): 0.6B has 28 blocks of width 1152
 # with 36 self-attention heads of 32 and 16 cross-attention heads of 72; 1.6B has 20 blocks of width 2240
-# with 70 self-attention heads of 32 and 20 cross-attention heads of 112. (METHOD.md's "16/20 heads" are
-# the cross-attention counts.) Both use MLP ratio 2.5 on 32-channel DC-AE latents with patch size 1.
+# with 70 self-attention heads of 32 and 20 cross-attention heads of 112. (A "16/20 heads" quoted for
+# them counts the cross-attention heads.) Both use MLP ratio 2.5 on 32-channel DC-AE latents with patch size 1.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, heads=2, mlp_ratio=2.0, stem_channels=16),
     "small": dict(depth=6, width=160, heads=5, mlp_ratio=2.5, stem_channels=64),

@@ -1,8 +1,8 @@
 """ESGF (early-stopping guided fine-tuning): knees on validation curves, starting later stages from them.
 
-METHOD.md section 4: continuing from a late, converged checkpoint of a linear-attention SR model collapses,
-while starting from the *knee* (the last checkpoint before validation metrics begin to oscillate) is
-stable. So:
+The LinearSR paper (arXiv 2510.08771) finds that continuing from a late, converged checkpoint of a
+linear-attention SR model collapses, while starting from the *knee* (the last checkpoint before validation
+metrics begin to oscillate) is stable. So:
 - `update_knee(run_dir)` runs the detector (`knee.py`) on the run's validation curves and writes
   `knee.json` (step, snapshot, confidence, evidence); the training loop calls it after each validation for
   early stopping, and `linearsr knee RUN_DIR` calls it by hand.

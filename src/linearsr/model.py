@@ -3,26 +3,9 @@
 It bundles the codec, the config and K expert backbones (K = 1 is the plain model; K > 1 is the SNR-based
 mixture of experts, routed by a fixed rule on t). Calling it predicts the velocity at (x_t, t).
 
-Preconditioning (the default). Following EDM (Karras et al. 2022) for our flow x_t = a x + b noise
-(a = t, b = 1 - t, data of unit variance thanks to `data_scale`):
-
-    x_clean = c_skip x_t + c_out F(c_in x_t, t),  c_skip = a/n^2, c_out = b/n, c_in = a/n, n = sqrt(a^2 + b^2)
-
-c_skip x_t is the best linear guess, so the network never has to learn to copy its input at low noise.
-c_in departs from EDM's 1/n: it also scales the input by the signal fraction a/n, so at t = 0, where x_t
-is pure noise and carries no information about the image, the network sees zeros and its one-step
-prediction is a deterministic function of the LR image. Measured on the demo photos: a plain
-clean-prediction model after 1000 steps leaked noise of std 0.059 into its one-step output (more than
-the whole residual, std 0.036) and scored 5 dB below bicubic; with EDM's c_in = 1/n the leak was still
-0.043 after 300 steps. In velocity terms v = (x_clean - x_t) / b = ((a - b) x_t + n F) / n^2.
-
-Clean prediction. In pixel space a token carries codec_factor^2 * 3 * patch^2 values (192 for the 8x pixel
-codec), as many as or more than the network's width. A velocity target contains the full noise, which must
-then pass through that bottleneck; a clean-image target lies near a low-dimensional manifold and does not
-(Li & He, "Back to Basics: Let Denoising Generative Models Denoise", 2025, make the same observation for
-pixel-space transformers with large patches). So by default the network predicts x_clean and `forward`
-converts it to the velocity; the loss is still the paper's velocity MSE. SANA latents (32 channels, width
-1152) have no such bottleneck and keep `prediction="velocity"`.
+What the network itself predicts is `config.prediction`: "preconditioned" (the default, EDM-style),
+"clean" or "velocity"; preconditioning.py has one class per choice, and `forward` converts every one of them
+to the velocity, so the samplers and the loss never see the difference.
 
 Flow space. The flow's clean sample is `data_scale` times the codec-space target (unit variance, see
 config.py): codec(HR) - codec(x_base), where x_base = R(LR) is the base image of `config.base` (base.py):
@@ -48,6 +31,7 @@ from .base import build_base
 from .codec import build_codec
 from .config import ModelConfig
 from .degradation_level import apply_override, estimate_degradation
+from .preconditioning import build_parameterisation
 
 
 class LinearSRModel(nn.Module):
@@ -58,6 +42,7 @@ class LinearSRModel(nn.Module):
         if self.codec.channels != config.latent_channels or self.codec.factor != config.codec_factor:
             raise ValueError("codec shape does not match the config (latent_channels / codec_factor)")
         self.experts = nn.ModuleList(LinearSRBackbone(config) for _ in range(config.num_experts))
+        self.parameterisation = build_parameterisation(config)  # network output -> velocity
         self.base = build_base(config)
         self.register_buffer("boundaries", torch.tensor(config.expert_boundaries, dtype=torch.float64),
                              persistent=False)
@@ -92,24 +77,15 @@ class LinearSRModel(nn.Module):
                 base: torch.Tensor | None = None, degradation: torch.Tensor | None = None) -> torch.Tensor:
         """The velocity at (x_t, t). `base` (the base image) and `degradation` (levels) come from
         `condition(lr)`; when the model needs them and they are not given, they are computed from `lr`
-        (correct, but samplers should compute them once). With `prediction="clean"` the network's output
-        is the clean sample and v = (x_clean - x_t) / (1 - t), with 1 - t clamped by `min_one_minus_t`."""
+        (correct, but samplers should compute them once). Whatever the network predicts
+        (`config.prediction`), `self.parameterisation` scales its input and converts its output."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         extra = self._backbone_inputs(lr, base, degradation)
-        kind = self.config.prediction
-        if kind == "velocity":
-            return self._route(x, t, lr, context, context_mask, extra)
-        if kind == "clean":
-            out = self._route(x, t, lr, context, context_mask, extra)
-            one_minus_t = (1 - t).clamp_min(self.config.min_one_minus_t).view(-1, 1, 1, 1).to(out.dtype)
-            return (out - x) / one_minus_t
-        # preconditioned: x_clean = c_skip x_t + c_out F(c_in x_t); v = (x_clean - x_t) / (1 - t) in closed form
-        a, b = t.view(-1, 1, 1, 1).to(x.dtype), (1 - t).view(-1, 1, 1, 1).to(x.dtype)
-        norm = (a * a + b * b).sqrt()  # std of x_t for unit-variance data
-        out = self._route(x * (a / norm), t, lr, context, context_mask, extra)
-        return ((a - b) * x + out * norm) / (norm * norm)
+        net_in = self.parameterisation.scale_input(x, t)
+        out = self._route(net_in, t, lr, context, context_mask, extra)
+        return self.parameterisation.to_velocity(out, x, t)
 
     def _backbone_inputs(self, lr, base, degradation) -> dict:
         extra = {}

@@ -27,7 +27,8 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
 
     `velocity` replaces `model` as the function the sampler calls (guidance and tiling wrappers); it gets
     the same arguments as the model, including the base image and degradation levels of
-    `model.condition`, computed once here."""
+    `model.condition`, computed once here. `sampler` names an entry of `samplers.SAMPLERS`; `eta` is passed
+    to it as is (a deterministic sampler refuses eta != 0)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     param = next(model.parameters())
@@ -36,6 +37,7 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
     lr = lr.to(param.dtype)
     extra = {"lr": lr, "context": context, "context_mask": context_mask,
              **model.condition(lr, degradation_override)}
-    kwargs = {"eta": eta, "generator": torch.Generator().manual_seed(seed + 1)} if sampler == "euler" else {}
-    z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback, **kwargs)
+    # Stochastic steps draw from their own stream (seed + 1), independent of the initial noise above.
+    z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback,
+                          generator=torch.Generator().manual_seed(seed + 1), eta=eta)
     return model.decode(z, lr, base=extra.get("base"))

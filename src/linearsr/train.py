@@ -144,16 +144,15 @@ def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int,
                     conditions: list | None = None) -> float:
     """Flow-matching loss on the fixed set at fixed times with fixed noise: a low-noise curve. `conditions`:
     per crop (context, mask), as the samples were validated; None = the null tokens."""
-    total, count = 0.0, 0
+    loss_fn, total, count = FlowMatchingLoss(), 0.0, 0
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         hr, lr = hr[None].to(device), lr[None].to(device)
         context, mask = conditions[i] if conditions else (None, None)
         cond = model.condition(lr)
         x = model.encode_target(hr, lr, base=cond.get("base"))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
-        for t in ts:
-            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr, context, mask, **cond)
-            total += float((v.float() - (x - noise)).pow(2).mean())
+        for t in ts:  # the training loss itself, at this t and this crop's fixed noise
+            total += float(loss_fn.at(model, x, t, noise, lr, context, mask, **cond))
             count += 1
     return total / count
 
