@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .degradation_kinds import KINDS  # ("bicubic", "mild", "realistic"); kept torch-free for the CLI
+
 __all__ = ["KERNEL_TYPES", "DegradationConfig", "bicubic_downscale", "blur_kernel", "sinc_kernel",
            "sample_realistic_params", "degrade"]
 
@@ -382,7 +384,6 @@ def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
 # between clean bicubic inputs and Real-ESRGAN's heavy second-order pipeline. Ranges from the restoration-prior
 # experiments (a SPAN fine-tune on this mix gained +0.84 dB on mild inputs where Real-ESRGAN's ranges hurt).
 MILD = dict(blur_sigma=(0.2, 1.6), noise_sigma=(0.0, 8.0), gray_noise_prob=0.4, jpeg_quality=(60, 95))
-KINDS = ("bicubic", "mild", "realistic")
 
 
 def _mild(hr: torch.Tensor, scale: int, seed: int) -> torch.Tensor:
