@@ -176,3 +176,15 @@ def test_weighted_mix_is_normalised_and_drawn_in_proportion():
     for bad in ("bicubic:0", "foggy", "mild:x"):
         with pytest.raises(ValueError, match="data.degradation"):
             DataConfig(degradation=bad).degradation_mix()
+
+
+def test_strength_blends_between_the_base_and_the_model_output():
+    model = span_model(randomize_experts=True)
+    lr = photo_lr(16)
+    full = super_resolve(model, lr, steps=1, seed=0)
+    base = model.base_image(lr)
+    assert torch.allclose(super_resolve(model, lr, steps=1, seed=0, strength=0.0), base, atol=1e-6)
+    half = super_resolve(model, lr, steps=1, seed=0, strength=0.5)
+    assert torch.allclose(half, (full + base) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="needs a model with a base"):
+        super_resolve(LinearSRModel(tiny_config(base="none")), lr, steps=1, strength=0.5)
