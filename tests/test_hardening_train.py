@@ -217,7 +217,7 @@ def test_init_from_refuses_nan_weights_bad_files_and_pickles(tmp_path):
     ("precision=fp8", "precision must be one of auto, bf16, fp32"), ("optim.lr=0", "optim.lr must be positive"),
     ("optim.batch_size=2.5", "optim.batch_size must be a whole number"),
     ("model.depth=one", "model.depth must be a whole number"), ("model.colour=1", "unknown model config key"),
-    ("data.degradation=blurry", "data.degradation must be one of"), ("steps=[1", "not valid YAML"),
+    ("data.degradation=blurry", "data.degradation 'blurry': use one of"), ("steps=[1", "not valid YAML"),
 ])
 def test_bad_config_values_are_one_line_naming_the_key(tmp_path, override, words):
     cfg = write_config(tmp_path)

@@ -110,11 +110,15 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
     file = folder / WEIGHTS_NAME
     try:
         with safe_open(str(file), framework="pt") as fh:  # reads the header only
-            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith("experts.")}
+            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base."))}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     with torch.device("meta"):
-        expected = {f"experts.{k}": list(v.shape) for k, v in LinearSRModel(config).experts.state_dict().items()}
+        expected = {k: list(v.shape) for k, v in model_tensors(LinearSRModel(config)).items()}
+    missing_base = [name for name in expected if name.startswith("base.") and name not in found]
+    if missing_base and len(missing_base) == sum(name.startswith("base.") for name in expected):
+        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: the base weights (base.*) are "
+                              f"missing: the folder was saved without its restoration prior")
     problems = []
     for name, shape in expected.items():
         if name not in found:

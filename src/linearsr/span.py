@@ -82,7 +82,7 @@ def load_span(scale: int, path: str | Path | None = None) -> SPAN:
 
     path = Path(path) if path is not None else span_weights_path(scale)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
-    channels = state["conv_1.weight"].shape[0]
-    model = SPAN(scale=scale, channels=channels)
-    model.load_state_dict(state)
+    model = SPAN(scale=scale, channels=state["conv_1.weight"].shape[0])
+    if not model.rgb_mean.is_meta:  # a model built on the meta device (shape checks) holds no weights
+        model.load_state_dict(state)
     return model.eval()
