@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import imageio
+from . import imageio, runtime
+from .precision import AMP_DTYPES, resolve_precision
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .guidance import guided_velocity
 from .sample import super_resolve
@@ -51,7 +52,7 @@ PRESETS: dict[str, dict] = {
 DEFAULTS: dict = dict(PRESETS["fidelity"])
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resolved per device (precision.py)
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
@@ -140,14 +141,16 @@ class LinearSR:
     """Upscaler around a `LinearSRModel`. `tag_encoder`: callable(list[str]) -> (context (1, L, cond_dim),
     mask (1, L)), or None (tags are then ignored with a warning). `last_run` describes the latest call."""
 
-    def __init__(self, model, device: str | torch.device = "cpu", precision: str = "fp32",
+    def __init__(self, model, device: str | torch.device = "cpu", precision: str = "auto",
                  tag_encoder=None, lean: bool = False) -> None:
         """tag_encoder: a callable (see the class doc), None, or "auto" = `tags.load_tag_encoder()` loaded
-        the first time tags are given (MiniLM, when installed and the model's cond_dim matches it)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        the first time tags are given (MiniLM, when installed and the model's cond_dim matches it).
+        precision: "auto" (bf16 where the device multiplies bf16 fast, else fp32; see precision.py), "fp32",
+        "bf16" or "fp16" (GPUs). `self.precision` holds the resolved choice."""
         self.device = resolve_device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            runtime.tune_allocator()  # large activations reused, not page-faulted anew (runtime.py)
         self.model = model.eval()
         if lean and len(model.experts) > 1:
             model.set_lean(self.device)  # only the active expert on the device
@@ -159,7 +162,7 @@ class LinearSR:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
-                        precision: str = "fp32", tag_encoder="auto", **kwargs) -> "LinearSR":
+                        precision: str = "auto", tag_encoder="auto", **kwargs) -> "LinearSR":
         from .model import LinearSRModel
 
         return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
@@ -223,7 +226,9 @@ class LinearSR:
         if alpha is not None:
             alpha = imageio.resize_rgb(alpha, (tw, th))
         self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=parse_tags(tags),
-                             seconds=time.perf_counter() - start, budget_bytes=budget)
+                             seconds=time.perf_counter() - start, budget_bytes=budget, precision=self.precision)
+        if self.device.type == "cpu":
+            runtime.release_memory()  # the image is done: its freed activations go back to the system
         return cur, alpha
 
     # ---- one native pass ----------------------------------------------------------------------------

@@ -131,8 +131,8 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Tile overlap in output pixels (auto = a quarter of the tile).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
               help="auto = cuda, else mps, else cpu.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              help="Autocast precision of the model's forward pass.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               help="Output format; same = the input's (png if that cannot be written).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never the input itself).",
