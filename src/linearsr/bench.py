@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import AMP_DTYPES as PRECISIONS  # resolved precision name -> autocast dtype
+from .precision import resolve_precision
 
 
 def proc_status_bytes(field: str) -> int | None:
@@ -187,7 +188,10 @@ def measure_config(job: dict) -> dict:
     lr = (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(device)
     x = torch.randn(net.latent_shape(lr), generator=g).to(device)
     t = torch.full((1,), 0.5, device=device)
-    call = torch.compile(net) if job.get("compile") else net
+    if job.get("compile"):  # as the pipeline does: per expert, dynamic shapes (routing stays eager)
+        for expert in net.experts:
+            expert.compile(dynamic=True)
+    call = net
 
     def velocity(*a, **k):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -346,7 +350,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     from .model import LinearSRModel
 
     dev = torch.device(device)
-    precision = ("bf16" if dev.type == "cuda" else "fp32") if precision == "auto" else precision
+    precision = resolve_precision(precision, dev)  # auto: bf16 where bf16 matmuls are fast (precision.py)
     base = build_model(model, size, fake=True)
     with FakeTensorMode():
         fake = LinearSRModel(base)
@@ -409,4 +413,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
 
 
 if __name__ == "__main__":  # child of run_job: one measurement, result on stdout
+    from .runtime import tune_allocator
+
+    tune_allocator()  # as the product does (LINEARSR_MALLOPT=0 measures glibc's default instead)
     print("BENCH_RESULT " + json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)

@@ -142,11 +142,13 @@ class LinearSR:
     mask (1, L)), or None (tags are then ignored with a warning). `last_run` describes the latest call."""
 
     def __init__(self, model, device: str | torch.device = "cpu", precision: str = "auto",
-                 tag_encoder=None, lean: bool = False) -> None:
+                 tag_encoder=None, lean: bool = False, compile: bool = False) -> None:
         """tag_encoder: a callable (see the class doc), None, or "auto" = `tags.load_tag_encoder()` loaded
         the first time tags are given (MiniLM, when installed and the model's cond_dim matches it).
         precision: "auto" (bf16 where the device multiplies bf16 fast, else fp32; see precision.py), "fp32",
-        "bf16" or "fp16" (GPUs). `self.precision` holds the resolved choice."""
+        "bf16" or "fp16" (GPUs). `self.precision` holds the resolved choice. compile: torch.compile each
+        expert with dynamic shapes (one compilation serves every image size and every expert); it pays
+        only over many images (a server, a batch): the first call compiles for tens of seconds on a CPU."""
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -156,6 +158,10 @@ class LinearSR:
             model.set_lean(self.device)  # only the active expert on the device
         else:
             model.to(self.device)
+        self.compiled = bool(compile)
+        if compile:
+            for expert in model.experts:  # experts, not the model: its routing reads t's value (a graph break)
+                expert.compile(dynamic=True)
         self.tag_encoder = tag_encoder
         self.last_run: dict = {}
         self._warned: set[str] = set()
@@ -166,6 +172,26 @@ class LinearSR:
         from .model import LinearSRModel
 
         return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
+
+    def warm_up(self) -> float:
+        """One small upscale, so that one-time costs (compilation, kernel selection) are paid now rather
+        than by the first user. If compilation fails (no C compiler, an unsupported platform) the experts
+        go back to eager with a warning. Returns the seconds it took."""
+        start = time.perf_counter()
+        side = max(8, self.model.config.multiple // math.gcd(self.model.config.multiple, self.model.config.scale))
+        probe = np.full((side, side, 3), 0.5, np.float32)
+        try:
+            self.enhance_arrays(probe)
+        except Exception as e:  # noqa: BLE001  (inductor raises many kinds; eager is always a fallback)
+            if not self.compiled:
+                raise
+            for expert in self.model.experts:
+                expert._compiled_call_impl = None  # what nn.Module.compile set; None = eager again
+            self.compiled = False
+            self._warn_once(f"torch.compile failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            "running eager")
+            self.enhance_arrays(probe)
+        return time.perf_counter() - start
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:

@@ -76,8 +76,9 @@ def plot(result: dict, path: str | Path) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=1, help="Forwards per whole upscale (total_s).")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              help="Autocast precision; auto = bf16 on CUDA, fp32 elsewhere.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first (meant for CUDA).")
+              help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile each expert (dynamic shapes) first; compile time is not in the figures.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed runs per measurement (median).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, help="Untimed forwards before timing.")
 @click.option("--time-cap", type=click.FloatRange(min=1), default=300.0,
