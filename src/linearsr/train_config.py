@@ -114,6 +114,7 @@ class TrainConfig:
     #                           if out of steps: validation, snapshot, full state (a GPU lease, a night)
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 autocast where bf16 matmuls are fast, see precision.py), "fp32", "bf16"
+    compile: bool = False  # torch.compile each expert (fixed crop size: one compilation, paid in the first steps)
     log_every: int = 10
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
