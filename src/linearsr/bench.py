@@ -161,17 +161,22 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf) -> list[float]:
-    """Wall times of `repeats` calls after `warmup` untimed ones; stops early (>= 1 run) past `budget` s."""
+def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf,
+           thread_cpu: list[float] | None = None) -> list[float]:
+    """Wall times of `repeats` calls after `warmup` untimed ones; stops early (>= 1 run) past `budget` s.
+    `thread_cpu`, when given, receives each call's CPU time of the calling thread (with one torch thread
+    that is all the work, and it does not count time spent descheduled on a shared machine)."""
     for _ in range(warmup):
         fn()
         _sync(device)
     times: list[float] = []
     while len(times) < max(1, repeats) and (not times or sum(times) < budget):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+        if thread_cpu is not None:
+            thread_cpu.append(time.thread_time() - start_cpu)
     return times
 
 
@@ -199,10 +204,11 @@ def measure_config(job: dict) -> dict:
 
     budget = job.get("budget", math.inf)
     with torch.no_grad(), PeakMemory(device) as mem:
-        nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2)
+        nfe_cpu: list[float] = []
+        nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2, nfe_cpu)
         total = _timed(lambda: super_resolve(net, lr, steps=job["steps"], velocity=velocity), device,
                        job["repeats"], 0, budget / 2)
-    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "total_s": statistics.median(total),
+    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "nfe1_thread_cpu_s": statistics.median(nfe_cpu), "total_s": statistics.median(total),
             "total_runs": total, "peak_mem_bytes": mem.cuda_peak_bytes if device.type == "cuda" else mem.peak_rss_bytes,
             "mem_growth_bytes": mem.peak_bytes}
 
@@ -333,7 +339,7 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int =
 # ---- the whole benchmark ------------------------------------------------------------------------------
 ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s_per_mp", "total_s_per_mp", "flops",
             "achieved_flops_per_s", "peak_fraction", "peak_mem_bytes", "mem_growth_bytes", "skipped_reason",
-            "nfe1_runs", "total_runs")  # *_runs: every timed run (the medians above come from them)
+            "nfe1_runs", "total_runs", "nfe1_thread_cpu_s")  # *_runs: every timed run (the medians come from them)
 
 
 def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
