@@ -297,7 +297,9 @@ class LinearSR:
     def _plan(self, H: int, W: int, tile, overlap, budget: int, batch: int) -> dict:
         """Whole image or tiles, and the Mix-FFN band height, decided before any sampling."""
         cfg = self.model.config
-        dtype_bytes = 4 if self.precision == "fp32" else 2
+        # CPU autocast keeps norms and the residual stream in fp32 and adds bf16 copies for the matmuls: the
+        # measured peak is no lower than fp32's (784 vs 718 MiB at 1 MP, docs/benchmarks.md), so plan as fp32
+        dtype_bytes = 2 if self.precision != "fp32" and self.device.type == "cuda" else 4
         host_shared = self.device.type != "cuda"
         tile_px = rows = None
         if tile == "auto":
