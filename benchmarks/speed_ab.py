@@ -88,7 +88,8 @@ def child(args) -> dict:
         run()
         times.append(time.perf_counter() - start)
         cpu.append(time.thread_time() - start_cpu)
-    return {"config": args.config, "times": times, "thread_cpu": cpu, "first_call_s": first, "threads": torch.get_num_threads(),
+    return {"config": args.config, "times": times, "thread_cpu": cpu, "first_call_s": first,
+            "threads": torch.get_num_threads(),
             "precision": getattr(locals().get("sr"), "precision", None), "peak_rss_bytes": peak_rss()}
 
 
@@ -104,7 +105,8 @@ def run_enhance(args) -> dict:
             env = {**os.environ, **CONFIGS[c]["env"], "OMP_NUM_THREADS": str(args.threads)}
             calls = args.peer_calls if c == "realesrgan" else args.calls
             cmd = [sys.executable, __file__, "child", "--config", c, "--calls", str(calls),
-                   "--lr-size", str(args.lr_size), "--model", args.model] + (["--preset", args.preset] if args.preset else [])
+                   "--lr-size", str(args.lr_size), "--model", args.model]
+            cmd += ["--preset", args.preset] if args.preset else []
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
@@ -123,7 +125,8 @@ def run_enhance(args) -> dict:
     result = {"lr_size": args.lr_size, "output_size": args.lr_size * 4, "preset": args.preset or "default",
               "model": args.model, "threads": args.threads, "rounds": args.rounds, "calls_per_child": args.calls,
               "peer_calls_per_child": args.peer_calls if args.peer else None,
-              "median_s": med, "runs_s": runs, "first_call_s": first, "median_thread_cpu_s": med_cpu, "thread_cpu_runs_s": cpu, "meta": meta, "load_average_start_end": load,
+              "median_s": med, "runs_s": runs, "first_call_s": first, "median_thread_cpu_s": med_cpu,
+              "thread_cpu_runs_s": cpu, "meta": meta, "load_average_start_end": load,
               "speedup_new_vs_today": med["today"] / med["new"],
               "speedup_new_vs_today_thread_cpu": med_cpu["today"] / med_cpu["new"]}
     if "compiled" in med:
@@ -171,8 +174,8 @@ def run_accuracy(args) -> dict:
         for preset in ("fidelity", "realism"):
             out = {p: pipe.enhance_arrays(lr, preset=preset, seed=0)[0] for p, pipe in pipes.items()}
             mse = float(np.mean((out["fp32"] - out["bf16"]) ** 2))
-            vs_hr = {p: 10 * np.log10(1 / float(np.mean((o[: h // 4 * 4, : w // 4 * 4] - hr[: h // 4 * 4, : w // 4 * 4]) ** 2)))
-                     for p, o in out.items()}
+            hh, ww = h // 4 * 4, w // 4 * 4
+            vs_hr = {p: 10 * np.log10(1 / float(np.mean((o[:hh, :ww] - hr[:hh, :ww]) ** 2))) for p, o in out.items()}
             rows.append({"image": name, "lr": [w // 4, h // 4], "preset": preset,
                          "steps": pipes["fp32"].last_run["settings"]["steps"],
                          "psnr_bf16_vs_fp32_db": 10 * np.log10(1 / max(mse, 1e-20)),

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 CONFIGS = {
     "today": (["precision=fp32"], {"LINEARSR_MALLOPT": "0"}),
     "bf16": (["precision=bf16"], {}),
@@ -48,7 +50,7 @@ def one(config: str, args) -> dict:
             raise RuntimeError(f"{config}: {proc.stderr.strip().splitlines()[-5:]}")
         rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         train = {r["step"]: r for r in rows if r["kind"] == "train"}
-        batch = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))["optim"]["batch_size"]
+        batch = yaml.safe_load((run / "config.yaml").read_text())["optim"]["batch_size"]
         a, b = train[args.skip], train[args.steps]
         seconds = b["elapsed_s"] - a["elapsed_s"]
         return {"config": config, "crops_per_s": batch * (args.steps - args.skip) / seconds,

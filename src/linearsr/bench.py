@@ -193,6 +193,11 @@ def measure_config(job: dict) -> dict:
     lr = (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(device)
     x = torch.randn(net.latent_shape(lr), generator=g).to(device)
     t = torch.full((1,), 0.5, device=device)
+    if device.type == "cpu" and job.get("ffn_bands", True):  # the pipeline's CPU path: Mix-FFN in row bands
+        from .pipeline import CPU_FFN_ROWS
+
+        for expert in net.experts:
+            expert.ffn_chunk_rows = CPU_FFN_ROWS
     if job.get("compile"):  # as the pipeline does: per expert, dynamic shapes (routing stays eager)
         for expert in net.experts:
             expert.compile(dynamic=True)
@@ -208,7 +213,8 @@ def measure_config(job: dict) -> dict:
         nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2, nfe_cpu)
         total = _timed(lambda: super_resolve(net, lr, steps=job["steps"], velocity=velocity), device,
                        job["repeats"], 0, budget / 2)
-    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "nfe1_thread_cpu_s": statistics.median(nfe_cpu), "total_s": statistics.median(total),
+    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "nfe1_thread_cpu_s": statistics.median(nfe_cpu),
+            "total_s": statistics.median(total),
             "total_runs": total, "peak_mem_bytes": mem.cuda_peak_bytes if device.type == "cuda" else mem.peak_rss_bytes,
             "mem_growth_bytes": mem.peak_bytes}
 
@@ -344,7 +350,7 @@ ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s
 
 def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
               attentions=("linear", "softmax"), steps: int = 1, device: str = "cpu", precision: str = "auto",
-              compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0,
+              compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0, ffn_bands: bool = True,
               peers: bool = True, peer_sizes=None, isolate: bool = True, breakdown_size: int | None = 1024,
               log=None) -> dict:
     """Measure every (size, attention) and the peers; returns the JSON-ready result (see module doc).
@@ -365,7 +371,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     log(f"matmul peak on {describe_device(dev)}: {peak / 1e9:.1f} GFLOP/s ({precision})")
     load = [os.getloadavg()] if hasattr(os, "getloadavg") else []
     common = dict(model=model, size_name=size, steps=steps, device=str(dev), precision=precision,
-                  compile=compile, repeats=repeats, warmup=warmup, budget=time_cap)
+                  ffn_bands=ffn_bands, compile=compile, repeats=repeats, warmup=warmup, budget=time_cap)
     rows = []
     for att in attentions:
         cfg, rate = base.replace(attention=att), None
@@ -413,7 +419,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     load += [os.getloadavg()] if hasattr(os, "getloadavg") else []
     return {"device": describe_device(dev), "model": model or f"random weights, size {size!r}",
             "config": base.to_dict(), "params": params, "params_per_forward": per_forward, "precision": precision,
-            "compile": compile, "steps": steps, "repeats": repeats, "warmup": warmup, "time_cap_s": time_cap,
+            "compile": compile, "ffn_bands": ffn_bands, "steps": steps, "repeats": repeats, "warmup": warmup, "time_cap_s": time_cap,
             "isolated": isolate, "torch": torch.__version__, "load_average_start_end": load,
             "matmul_peak_flops_per_s": peak, "rows": rows, "peers": peer_rows, "breakdown": parts}
 

@@ -53,6 +53,10 @@ DEFAULTS: dict = dict(PRESETS["fidelity"])
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
 PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resolved per device (precision.py)
+# Token rows per Mix-FFN band on a CPU, whatever the memory: bands of 32 rows are as fast at 1 MP and faster at
+# 4 MP (3.07 vs 3.38 s), and keep the 800-channel hidden activations small enough for the heap to reuse
+# (16 MP peak RSS 3.3 GB instead of 4.7 GB). The result is the same (the band carries its halo rows).
+CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
@@ -316,6 +320,8 @@ class LinearSR:
                 rows = ffn_chunk_rows_for(cfg, min(tile_px, H))
         if tile_px is not None and tile_px >= max(H, W):
             tile_px = None  # one tile covers everything: that is the whole image
+        if self.device.type == "cpu":
+            rows = min(rows or CPU_FFN_ROWS, CPU_FFN_ROWS)
         ov = None
         if tile_px is not None:
             ov = tile_px // 4 if overlap is None else int(overlap)

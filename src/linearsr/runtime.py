@@ -7,8 +7,8 @@ after layer, so every one of them is page-faulted and zero-filled anew by the ke
 turns that off (`M_MMAP_MAX` = 0: big blocks come from the heap and are reused) and stops glibc from
 trimming the heap top on every free (`M_TRIM_THRESHOLD`). Memory freed by a call then stays with the
 process for the next allocation; `release_memory` (malloc_trim) hands it back after an image that grew
-the process by more than 1 GiB, so a long-lived process does not keep a huge image's peak forever. Only glibc is touched; on musl,
-macOS or Windows these are no-ops. LINEARSR_MALLOPT=0 switches it off.
+the process by more than 1 GiB, so a long-lived process does not keep a huge image's peak forever. Only
+glibc is touched; on musl, macOS or Windows these are no-ops. LINEARSR_MALLOPT=0 switches it off.
 
 Threads. PyTorch starts one intra-op thread per core it sees, which oversubscribes the machine when
 several processes share it (torchrun ranks, `upscale` shards, a container limited by CPU quota or
