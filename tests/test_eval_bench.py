@@ -12,7 +12,10 @@ from PIL import Image
 from linearsr.attention import SelfAttention
 from linearsr.bench import ROW_KEYS, PeakMemory, build_model, count_flops, forward_flops, run_job
 from linearsr.cli import main
+from linearsr.cli.eval import eval_cmd
+from linearsr.degradations import KINDS
 from linearsr.evaluate import core_upscale, image_seed, prepare_hr, score
+from linearsr.peers import BASELINES, baseline_unavailable_reason, span_upscale, span_upscale_tensor
 from linearsr.model import LinearSRModel
 
 from conftest import tiny_config
@@ -42,6 +45,50 @@ def test_score_psnr_with_border_on_noise():
     assert score(sr, hr, border=2, use_brisque=False)["psnr"] == pytest.approx(-10 * math.log10(inner.mean()), abs=1e-6)
 
 
+def test_score_haarpsi_and_detail_ratio_tell_blur_from_grain():
+    from scipy.ndimage import gaussian_filter
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    hr = np.stack([0.5 + 0.3 * np.sin(xx / (1.5 + c) + yy / 3.1) * np.cos(yy / 2.3) for c in range(3)], -1)
+    hr = hr.astype(np.float32)
+    same = score(hr, hr, border=4, use_brisque=False)
+    assert same["haarpsi"] == pytest.approx(1.0) and same["detail_ratio"] == 1.0 and same["detail_bands"] == [1.0] * 3
+    blur = score(gaussian_filter(hr, (1.2, 1.2, 0)), hr, border=4, use_brisque=False)
+    grain = score(np.clip(hr + np.random.default_rng(0).normal(0, 0.05, hr.shape), 0, 1).astype(np.float32), hr,
+                  border=4, use_brisque=False)
+    assert blur["haarpsi"] < 0.98 and grain["haarpsi"] < 0.98
+    assert blur["detail_ratio"] < 0.7 < 1.3 < grain["detail_ratio"]
+    # x4: the summary is the geometric mean of the two finest bands (the ones above the LR's Nyquist), x2: one
+    assert blur["detail_ratio"] == pytest.approx(math.sqrt(blur["detail_bands"][0] * blur["detail_bands"][1]))
+    x2 = score(gaussian_filter(hr, (1.2, 1.2, 0)), hr, border=4, use_brisque=False, scale=2)
+    assert x2["detail_ratio"] == pytest.approx(blur["detail_bands"][0])
+
+
+def test_span_baseline_tiles_exactly_and_knows_its_scales():
+    lr = torch.rand(1, 3, 45, 70, generator=torch.Generator().manual_seed(0))
+    whole = span_upscale_tensor(lr, 4)
+    assert whole.shape == (1, 3, 180, 280) and 0 <= whole.min() and whole.max() <= 1
+    # the halo (24 LR px) covers SPAN's receptive field (21), so tiles join without a trace ...
+    assert torch.equal(span_upscale_tensor(lr, 4, tile=16), whole)
+    # ... and a halo narrower than the receptive field would not
+    assert (span_upscale_tensor(lr, 4, tile=16, halo=4) - whole).abs().max() > 1e-3
+    img = Image.fromarray(np.zeros((10, 12, 3), np.uint8))
+    assert span_upscale(img, 2).size == (24, 20)
+    assert baseline_unavailable_reason("span", 4) is None and "x3" in baseline_unavailable_reason("span", 3)
+    assert "x4" in baseline_unavailable_reason("realesrgan", 2)
+    with pytest.raises(ValueError, match="SPAN"):
+        span_upscale(img, 3)
+
+
+def test_eval_cli_choices_follow_the_code():
+    degradation = next(p for p in eval_cmd.params if p.name == "degradation")
+    assert tuple(degradation.type.choices) == KINDS and "mild" in KINDS
+    baselines = next(p for p in eval_cmd.params if p.name == "baselines")
+    assert baselines.default.split(",") == list(BASELINES)  # every baseline, span included, runs by default
+    res = CliRunner().invoke(main, ["eval", "--degradation", "heavy"])
+    assert res.exit_code == 2 and "mild" in res.output
+
+
 def test_prepare_hr_and_seed():
     rgb = np.zeros((103, 77, 3), np.float32)
     assert prepare_hr(rgb, 8).shape == (96, 72, 3)
@@ -69,21 +116,25 @@ def test_eval_cli_writes_every_report(tmp_path):
     LinearSRModel(tiny_config()).save_pretrained(model_dir)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["eval", "--model", str(model_dir), "--data", str(data), "--out", str(out),
-                                    "--baselines", "bicubic,lanczos,realesrgan", "--steps", "1",
-                                    "--side-by-side", "1", "--quiet"])
+                                    "--baselines", "bicubic,lanczos,realesrgan,span", "--steps", "1",
+                                    "--degradation", "mild", "--side-by-side", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["images"]) == 2
-    ran = [b for b in ("bicubic", "lanczos", "realesrgan") if b not in metrics["skipped_baselines"]]
+    assert metrics["degradation"] == "mild" and "span" not in metrics["skipped_baselines"]
+    ran = [b for b in ("bicubic", "lanczos", "realesrgan", "span") if b not in metrics["skipped_baselines"]]
     assert metrics["methods"] == [*ran, "linearsr", "hr"]
-    for m in ["bicubic", "lanczos", "linearsr"]:
+    for m in ["bicubic", "lanczos", "span", "linearsr"]:
         mean = metrics["mean"][m]
         assert 10 < mean["psnr"] < 60 and 0 < mean["ssim"] <= 1 and mean["seconds"] > 0
+        assert 0 < mean["haarpsi"] < 1 and 0 < mean["detail_ratio"] and len(mean["detail_bands"]) == 3
         assert mean["niqe"] is not None  # 200 x 104 holds two 96 x 96 blocks
+    # interpolating a blurred, noisy, compressed input loses fine detail; SPAN restores more of it
+    assert metrics["mean"]["bicubic"]["detail_ratio"] < metrics["mean"]["span"]["detail_ratio"]
     assert set(metrics["mean"]["hr"]) >= {"niqe", "brisque"} and "psnr" not in metrics["mean"]["hr"]
     report = (out / "report.md").read_text()
-    for label in ("Bicubic", "Lanczos", "Real-ESRGAN x4plus", "**LinearSR**", "HR (reference)", "PSNR ↑",
-                  "NIQE ↓", "LPIPS"):
+    for label in ("Bicubic", "Lanczos", "Real-ESRGAN x4plus", "SPAN alone", "**LinearSR**", "HR (reference)",
+                  "PSNR ↑", "HaarPSI ↑", "Detail ratio →1", "NIQE ↓", "LPIPS"):
         assert label in report
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("image,method,psnr") and len(rows) == 1 + 3 * len(metrics["methods"])
@@ -116,9 +167,12 @@ def test_bench_cli_json_has_every_field(tmp_path):
     soft = {r["size"]: r["flops"] for r in out["rows"] if r["attention"] == "softmax" and r["flops"]}
     assert 3.9 < lin[128] / lin[64] < 4.1  # linear: FLOPs proportional to pixels
     assert soft[128] - lin[128] > 4 * (soft[64] - lin[64])  # softmax's extra is quadratic
-    (peer,) = out["peers"]
-    assert set(peer) >= {"size", "total_s", "s_per_mp", "peak_mem_bytes", "skipped_reason"}
-    assert (peer["total_s"] is None) == (peer["skipped_reason"] is not None)
+    esrgan, span = out["peers"]
+    assert esrgan["name"] == "realesrgan-x4plus" and span["name"] == "span-x4"
+    for peer in (esrgan, span):
+        assert set(peer) >= {"size", "label", "total_s", "s_per_mp", "peak_mem_bytes", "skipped_reason"}
+        assert (peer["total_s"] is None) == (peer["skipped_reason"] is not None)
+    assert span["total_s"] > 0 and span["size"] == 64  # SPAN runs in torch: always available
     groups = out["breakdown"]["linear"]["groups"]
     assert "attention kernel (self)" in groups and "Mix-FFN 1x1 convs" in groups
     assert sum(g["fraction"] for g in groups.values()) == pytest.approx(1.0)

@@ -35,9 +35,9 @@ class Counting:
     def __init__(self, model):
         self.model, self.batches = model, []
 
-    def __call__(self, x, t, lr, context=None, context_mask=None):
+    def __call__(self, x, t, lr, context=None, context_mask=None, **condition):
         self.batches.append(x.shape[0])
-        return self.model(x, t, lr, context, context_mask)
+        return self.model(x, t, lr, context, context_mask, **condition)
 
 
 # ---- colour fixes -----------------------------------------------------------------------------------

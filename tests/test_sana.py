@@ -85,7 +85,7 @@ def test_import_computes_what_sana_computes(sana, sana_dir):
     c = model.config
     arch = (c.depth, c.width, c.heads, c.cross_heads, c.patch_size, c.latent_channels, c.cond_dim)
     assert arch == (2, 16, 2, 2, 2, 4, 12)
-    assert (c.codec, c.codec_factor, c.prediction, c.residual) == ("dcae", 32, "velocity", False)
+    assert (c.codec, c.codec_factor, c.prediction, c.base) == ("dcae", 32, "velocity", "none")
     x, t, context, mask = _inputs()
     expected = _sana_velocity(sana, x, t, context, mask)
     g = torch.Generator().manual_seed(4)
@@ -187,7 +187,7 @@ def test_dcae_codec_round_trip(ae, ae_dir):
 def test_latent_model_trains_and_samples(ae_dir):
     config = ModelConfig(depth=1, width=16, heads=2, mlp_ratio=2.0, stem_channels=8, cross_attention=False,
                          codec="dcae", codec_path=str(ae_dir), codec_factor=8, latent_channels=4, scale=4,
-                         prediction="velocity", residual=False)
+                         prediction="velocity", base="none")
     model = LinearSRModel(config).train()
     assert not model.codec.ae.training
     g = torch.Generator().manual_seed(7)

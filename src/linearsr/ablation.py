@@ -3,8 +3,10 @@
     linearsr ablate experts --config configs/default/stage1-pretrain.yaml --steps 3000 --out runs/ablate-experts
     linearsr ablate tags    --config ... --steps 3000 --out runs/ablate-tags
 
-experts: K = 1, K = 2 (log-SNR), K = 4 (log-SNR), K = 4 (uniform in t)   [METHOD.md section 5]
-tags:    no condition, tags (one token each), a one-sentence caption (one token)   [section 6]
+experts: K = 1, K = 2 (log-SNR), K = 4 (log-SNR), K = 4 (uniform in t)   [the paper's SNR-based MoE]
+tags:    no condition, tags (one token each), a one-sentence caption (one token)   [the paper's TAG]
+
+(The paper: LinearSR, arXiv 2510.08771; results and commands in docs/ablations.md.)
 
 Each variant trains in OUT/<variant>/ (resumable; a finished variant is not retrained) and is scored on the
 run's fixed validation set (the final EMA snapshot, PSNR/SSIM) and, for experts, on the demo evaluation

@@ -1,10 +1,12 @@
 """The LinearSR backbone: a SANA-style linear-attention diffusion transformer conditioned on an LR image.
 
     noisy grid x_t (B, C, h, w) --+
-                                  +-- concat --> patch conv --> N x [LinearSRBlock] --> adaLN out --> v
+                                  +-- concat --> patch conv --> N x [LinearSRBlock] --> adaLN out --> F
     LR image -> LRStem (B, c, h, w) -+                 ^ t (adaLN-single)   ^ tags (cross-attention)
 
-It predicts the flow-matching velocity v = x_clean - noise (time convention in `schedule.py`). There is no
+Its output F is what `config.prediction` says the network predicts: the velocity itself ("velocity"),
+the clean sample ("clean") or the preconditioned residual ("preconditioned", the default); `LinearSRModel`
+scales x_t before it gets here and converts F to the velocity (preconditioning.py). There is no
 positional embedding: the Mix-FFN's depth-wise conv supplies position, so any grid size works, square or
 not. Module and parameter names mirror diffusers' `SanaTransformer2DModel` so the SANA importer maps
 weights by name; the extras (LR stem, wider input conv, null tag tokens) are ours.
@@ -21,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import LinearSRBlock, modulate
 from .config import ModelConfig
+from .degradation_level import NAMES as DEGRADATION_NAMES
 from .stem import LRStem
 
 
@@ -63,8 +66,13 @@ class LinearSRBackbone(nn.Module):
         self.config = c = config
         dim = c.width
         self.lr_stem = LRStem(c.stem_channels, c.codec_factor, c.scale)
-        self.patch_embed = nn.Conv2d(c.latent_channels + c.stem_channels, dim, c.patch_size, c.patch_size)
+        base_channels = c.latent_channels if c.base_condition else 0  # codec(x_base), see model.py
+        self.patch_embed = nn.Conv2d(c.latent_channels + c.stem_channels + base_channels, dim, c.patch_size,
+                                     c.patch_size)
         self.time_embed = TimestepEmbedder(dim)
+        if c.degradation_condition:  # added to the timestep embedding, so it modulates every block
+            self.degradation_embed = nn.Sequential(nn.Linear(len(DEGRADATION_NAMES), dim), nn.SiLU(),
+                                                   nn.Linear(dim, dim))
         self.time_mod = nn.Linear(dim, 6 * dim)  # adaLN-single: one table shared by every block
         if c.cross_attention:
             self.caption_projection = CaptionProjection(c.cond_dim, dim)
@@ -81,8 +89,10 @@ class LinearSRBackbone(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # DiT/PixArt recipe: xavier linears, small timestep MLP, zero output layers so that every block
-        # starts as the identity and the first prediction is v = 0.
+        # DiT/PixArt recipe: xavier linears, small timestep MLP, zero output layers: the tags start with no
+        # effect (zero cross-attention output) and the first output is F = 0 for any input. Through the
+        # default preconditioning that is x_clean = c_skip x_t, so a fresh model's one-step sample is exactly
+        # the base image (with "velocity": v = 0; with "clean": x_clean = 0, again the base image).
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -96,6 +106,8 @@ class LinearSRBackbone(nn.Module):
                 nn.init.zeros_(block.attn2.to_out.weight)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
+        if self.config.degradation_condition:  # starts as "no information": the model is unchanged
+            nn.init.zeros_(self.degradation_embed[2].weight)
 
     def null_context(self, batch: int) -> torch.Tensor:
         """The learned "no tags" condition, (batch, num_null_tokens, cond_dim)."""
@@ -122,9 +134,12 @@ class LinearSRBackbone(nn.Module):
         return context, mask
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, lr: torch.Tensor,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                base_latent: torch.Tensor | None = None, degradation: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, h, w) noisy grid; t: (B,) or scalar in [0, 1]; lr: (B, 3, H/scale, W/scale) in [-1, 1];
-        context: (B, L, cond_dim) tag embeddings or None for the null tokens; context_mask: (B, L) bool."""
+        context: (B, L, cond_dim) tag embeddings or None for the null tokens; context_mask: (B, L) bool;
+        base_latent: (B, C, h, w) codec(x_base) when `base_condition`; degradation: (B, 3) levels when
+        `degradation_condition` (both supplied by `LinearSRModel`)."""
         b, _, h, w = x.shape
         p = self.config.patch_size
         if h % p or w % p:
@@ -136,11 +151,20 @@ class LinearSRBackbone(nn.Module):
         if feats.shape[-2:] != (h, w):
             raise ValueError(f"LR image {tuple(lr.shape[-2:])} does not match the grid {h}x{w} at scale "
                              f"{self.config.scale} (LR stem gives {tuple(feats.shape[-2:])})")
-        tokens = self.patch_embed(torch.cat([x, feats], dim=1))
+        inputs = [x, feats]
+        if self.config.base_condition:
+            if base_latent is None:
+                raise ValueError("this backbone is conditioned on the base image: pass base_latent")
+            inputs.append(base_latent.to(x.dtype))
+        tokens = self.patch_embed(torch.cat(inputs, dim=1))
         gh, gw = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, dim)
 
         t_emb = self.time_embed(t).to(tokens.dtype)
+        if self.config.degradation_condition:
+            if degradation is None:
+                raise ValueError("this backbone is conditioned on the degradation level: pass degradation")
+            t_emb = t_emb + self.degradation_embed(degradation.to(tokens.dtype)).to(t_emb.dtype)
         t_mod = self.time_mod(F.silu(t_emb))
         if self.config.cross_attention:
             context, context_mask = self._fill_null_rows(b, context, context_mask)

@@ -13,7 +13,7 @@ Sizes are output (HR) sides in pixels; the LR input is size / scale. Per (size, 
 and the achieved FLOP/s against a matmul peak measured on the same device (best of a few large fp32 matmuls).
 Sizes whose predicted time exceeds `time_cap` are skipped with a reason (PyTorch's softmax kernels on CPU
 and CUDA are flash-style, O(N) memory: time runs out first). `breakdown`: self time of one forward per
-module category (forward hooks). Real-ESRGAN x4plus is timed by peers.bench_realesrgan.
+module category (forward hooks). The peers (Real-ESRGAN x4plus, SPAN alone) are timed by peers.bench_peers.
 """
 
 from __future__ import annotations
@@ -220,10 +220,10 @@ def measure_config(job: dict) -> dict:
 
 
 def _measure(job: dict) -> dict:
-    if job.get("kind") == "realesrgan":
-        from .peers import measure_realesrgan
+    if job.get("kind") in ("realesrgan", "span"):
+        from .peers import measure_peer
 
-        return measure_realesrgan(job)
+        return measure_peer(job)
     return measure_config(job)
 
 
@@ -402,10 +402,10 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
             log(row)
     peer_rows = []
     if peers:
-        from .peers import bench_realesrgan
+        from .peers import bench_peers
 
-        peer_rows = bench_realesrgan(peer_sizes or [s for s in sizes if s <= 1024], repeats=repeats,
-                                     time_cap=time_cap, isolate=isolate, log=log)
+        peer_rows = bench_peers(peer_sizes or [s for s in sizes if s <= 1024], scale=base.scale, repeats=repeats,
+                                time_cap=time_cap, isolate=isolate, log=log)
     parts = {}
     for att in attentions:
         done = [r["size"] for r in rows if r["attention"] == att and r["nfe1_s"] is not None]

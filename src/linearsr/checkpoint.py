@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .checks import check_fields
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -66,8 +68,8 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, o
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it")
-    tensors = {f"experts.{k}": v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
-               for k, v in model.experts.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
+               for k, v in model_tensors(model).items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
@@ -79,10 +81,50 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, o
 
 def load_config(path: str | Path) -> ModelConfig:
     folder = _model_folder(path)
+    file = folder / CONFIG_NAME
     try:
-        return ModelConfig.load(folder / CONFIG_NAME)
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from None
+        raw = json.loads(file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("must be a JSON object")
+        return ModelConfig.from_dict(check_fields(ModelConfig, raw))  # types first: "depth": "one" is one line
+    except (ValueError, TypeError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{file}: {' '.join(str(e).split())}") from None
+
+
+def first_non_finite(tensors: dict) -> str | None:
+    """Name of the first floating-point tensor holding NaN or inf, or None."""
+    for name, value in tensors.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
+    """Compare the `experts.*` tensors named in model.safetensors' header with the shapes `config` implies,
+    before the model is built: a config that does not match its weights fails in one short line naming the
+    folder and the first mismatching tensor, instead of allocating a model (hundreds of MB for a wrong
+    width) and then printing a multi-kilobyte list. The expected shapes come from the model built on the
+    meta device, which allocates no memory."""
+    from .model import LinearSRModel
+
+    file = folder / WEIGHTS_NAME
+    try:
+        with safe_open(str(file), framework="pt") as fh:  # reads the header only
+            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith("experts.")}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    with torch.device("meta"):
+        expected = {f"experts.{k}": list(v.shape) for k, v in LinearSRModel(config).experts.state_dict().items()}
+    problems = []
+    for name, shape in expected.items():
+        if name not in found:
+            problems.append(f"{name} is missing from {WEIGHTS_NAME}")
+        elif found[name] != shape:
+            problems.append(f"{name} is {found[name]} in {WEIGHTS_NAME} but {shape} by {CONFIG_NAME}")
+    problems += [f"{name} in {WEIGHTS_NAME} is not part of this model" for name in found if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {problems[0]}{more}")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -91,17 +133,31 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
 
     folder = _model_folder(path)
     config = load_config(folder)
+    check_weight_shapes(folder, config)
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: not a readable safetensors file ({e})") from None
+    bad = first_non_finite(state)
+    if bad is not None:  # a NaN model writes black images and reports success: refuse it here
+        raise CheckpointError(f"{folder / WEIGHTS_NAME}: tensor {bad} holds NaN/inf; the file is damaged")
     model = LinearSRModel(config)
-    state = {k.removeprefix("experts."): v.float() for k, v in state.items()}
-    missing, unexpected = model.experts.load_state_dict(state, strict=False)
+    expected = model_tensors(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match config.json "
-                              f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})")
+        what = ("the base weights (base.*) are missing: the folder was saved without its restoration prior"
+                if missing and all(k.startswith("base.") for k in missing) else
+                f"missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]}")
+        raise CheckpointError(f"{folder}: weights do not match config.json ({what})")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def model_tensors(model) -> dict[str, torch.Tensor]:
+    """What a model folder stores: the experts' weights and, for a learned base (SPAN), the base's, so that
+    a fine-tuned prior travels with its model. The bicubic base has none."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base."))}
 
 
 def refuse_pickle(path: Path) -> None:

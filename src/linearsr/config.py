@@ -13,20 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BASES = ("bicubic", "span", "none")
+
 # Named backbone sizes. `tiny` is for tests; `small` is the CPU default; the `sana-*` entries match the
 # published SANA transformers (diffusers' SanaTransformer2DModel configs): 0.6B has 28 blocks of width 1152
 # with 36 self-attention heads of 32 and 16 cross-attention heads of 72; 1.6B has 20 blocks of width 2240
-# with 70 self-attention heads of 32 and 20 cross-attention heads of 112. (METHOD.md's "16/20 heads" are
-# the cross-attention counts.) Both use MLP ratio 2.5 on 32-channel DC-AE latents with patch size 1.
+# with 70 self-attention heads of 32 and 20 cross-attention heads of 112. (A "16/20 heads" quoted for
+# them counts the cross-attention heads.) Both use MLP ratio 2.5 on 32-channel DC-AE latents with patch size 1.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, width=32, heads=2, mlp_ratio=2.0, stem_channels=16),
     "small": dict(depth=6, width=160, heads=5, mlp_ratio=2.5, stem_channels=64),
     "base": dict(depth=12, width=512, heads=8, mlp_ratio=2.5, stem_channels=128),
-    "sana-600m": dict(prediction="velocity", residual=False, data_scale=1.0,
+    "sana-600m": dict(prediction="velocity", base="none", data_scale=1.0,
         depth=28, width=1152, heads=36, cross_heads=16, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
-    "sana-1600m": dict(prediction="velocity", residual=False, data_scale=1.0,
+    "sana-1600m": dict(prediction="velocity", base="none", data_scale=1.0,
         depth=20, width=2240, heads=70, cross_heads=20, mlp_ratio=2.5, stem_channels=256,
         codec="dcae", codec_factor=32, latent_channels=32, cond_dim=2304,
     ),
@@ -54,7 +56,16 @@ class ModelConfig:
     latent_channels: int = 0  # 0 = derived (pixel codec: 3 * factor**2)
     codec_path: str | None = None  # local folder of the latent autoencoder
     stem_channels: int = 64  # width of the LR-image stem whose output is concatenated with the noisy input
-    residual: bool = True  # generate HR minus the upsampled LR (see model.py) instead of HR itself
+    # The base image the flow's residual is added to (see base.py): "bicubic" (the LR image enlarged, the
+    # paper-faithful research default), "span" (the pretrained SPAN restoration prior, the product default)
+    # or "none" (the flow generates the HR image itself). Old configs' `residual: true/false` map to
+    # bicubic/none.
+    base: str = "bicubic"
+    base_condition: bool = False  # the backbone also sees codec(x_base), next to the LR stem's features
+    base_trainable: bool = False  # fine-tune the prior with the flow loss (+ L1 on x_base); frozen otherwise
+    # Condition on the input's estimated degradation (noise, blur, JPEG blockiness; degradation_level.py),
+    # so that clean inputs can keep the prior's output and degraded ones get the full correction.
+    degradation_condition: bool = False
     # What the network outputs (see model.py): "preconditioned" (EDM-style: clean sample = analytic skip of
     # x_t + scaled network output), "clean" (plain x-prediction) or "velocity" (SANA's own). The first two
     # are converted to the velocity, so the loss is the paper's velocity MSE in every case.
@@ -90,6 +101,9 @@ class ModelConfig:
         need(self.scale in (2, 4), f"scale must be 2 or 4, not {self.scale}")
         need(self.prediction in ("preconditioned", "clean", "velocity"),
              f"prediction must be preconditioned, clean or velocity, not {self.prediction!r}")
+        need(self.base in BASES, f"base must be one of {', '.join(BASES)}, not {self.base!r}")
+        need(not (self.base == "none" and (self.base_condition or self.base_trainable)),
+             "base_condition and base_trainable need a base (bicubic or span)")
         need(self.codec in ("pixel", "dcae"), f"codec must be pixel or dcae, not {self.codec!r}")
         need(self.codec_factor & (self.codec_factor - 1) == 0, "codec_factor must be a power of two")
         need(self.latent_channels > 0, "latent_channels must be set for a latent codec")
@@ -122,6 +136,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        if "residual" in d:  # configs saved before the base setting existed
+            legacy = d.pop("residual")
+            d.setdefault("base", "bicubic" if legacy else "none")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .degradations import degrade
+from .degradations import KINDS, degrade
 from .train_config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -38,6 +38,16 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"{root}: training folder not found")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _header_ok(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:
+        return False
 
 
 def split_holdout(files: list[Path], n: int, root: Path) -> tuple[list[Path], list[Path]]:
@@ -94,12 +104,36 @@ def make_pair(img: np.ndarray, rng: np.random.Generator, crop: int, scale: int, 
     return hr * 2 - 1, lr * 2 - 1
 
 
+def degradation_mix(cfg: DataConfig) -> dict[str, float]:
+    """The share of each degradation kind: one kind, "mixed" (bicubic/realistic by realistic_prob), or a
+    weighted list such as "bicubic:0.3,mild:0.4,realistic:0.3" (weights are normalised)."""
+    spec = cfg.degradation
+    if spec == "mixed":
+        return {"bicubic": 1 - cfg.realistic_prob, "realistic": cfg.realistic_prob}
+    mix = {}
+    for item in spec.split(","):
+        kind, _, weight = item.strip().partition(":")
+        try:
+            mix[kind] = float(weight) if weight else 1.0
+        except ValueError:
+            mix[kind] = -1.0
+        if kind not in KINDS or not mix[kind] > 0:
+            raise ValueError(f"data.degradation {spec!r}: use one of {', '.join(KINDS)}, 'mixed', or a list "
+                             f"like 'bicubic:0.3,mild:0.4,realistic:0.3' with positive weights")
+    total = sum(mix.values())
+    return {k: w / total for k, w in mix.items()}
+
+
 def degradation_kind(cfg: DataConfig, rng: np.random.Generator) -> str:
-    if cfg.degradation == "mixed":
-        return "realistic" if rng.random() < cfg.realistic_prob else "bicubic"
-    if cfg.degradation not in ("bicubic", "realistic"):
-        raise ValueError(f"data.degradation must be bicubic, realistic or mixed, not {cfg.degradation!r}")
-    return cfg.degradation
+    mix = degradation_mix(cfg)
+    r = rng.random() if len(mix) > 1 else 0.0
+    if cfg.degradation == "mixed":  # the draw of earlier runs, so that they resume on the same data
+        return "realistic" if r < cfg.realistic_prob else "bicubic"
+    for kind, share in mix.items():
+        r -= share
+        if r < 0:
+            return kind
+    return kind
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -131,16 +165,17 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 def fixed_validation_set(pool: PhotoPool, cfg: DataConfig, scale: int, seed: int, multiple: int) -> dict:
     """`cfg.val_crops` crops from held-out photos, positions and degradations frozen by `seed`: the same
-    set for every run and every resume, so curves are comparable. Alternates bicubic/realistic for mixed."""
-    hrs, lrs, names = [], [], []
+    set for every run and every resume, so curves are comparable. A mix cycles through its kinds."""
+    hrs, lrs, names, crop_kinds = [], [], [], []
+    kinds = list(degradation_mix(cfg))
     for k in range(cfg.val_crops):
         rng = np.random.default_rng(seed_for("val", seed, k))
         i = k % len(pool)
-        kind = cfg.degradation if cfg.degradation != "mixed" else ("bicubic", "realistic")[k % 2]
+        kind = kinds[k % len(kinds)]
         size = min(cfg.val_crop_size, *pool.images[i].shape[:2]) // multiple * multiple
         hr, lr = make_pair(pool.images[i], rng, size, scale, kind, augment=False)
-        hrs.append(hr), lrs.append(lr), names.append(pool.names[i])
-    return {"hr": hrs, "lr": lrs, "names": names}
+        hrs.append(hr), lrs.append(lr), names.append(pool.names[i]), crop_kinds.append(kind)
+    return {"hr": hrs, "lr": lrs, "names": names, "kinds": crop_kinds}
 
 
 def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, PhotoPool]:
@@ -152,8 +187,11 @@ def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, Photo
         train_files, val_files = files, list_images(val_root)
     else:
         if len(files) <= cfg.val_holdout:
-            raise ValueError(f"{root}: {len(files)} images cannot spare {cfg.val_holdout} for validation "
-                             f"(set data.val_holdout or data.val_dir)")
+            # count what really decodes: a text file named x.png is not an image to train on
+            readable = sum(1 for f in files if _header_ok(f))
+            named = f" (of {len(files)} files with image names)" if readable != len(files) else ""
+            raise ValueError(f"{root}: {readable} readable images{named} cannot spare {cfg.val_holdout} for "
+                             f"validation (set data.val_holdout or data.val_dir)")
         val_root = root
         train_files, val_files = split_holdout(files, cfg.val_holdout, root)
     train = PhotoPool(train_files, root, cfg.max_side, cfg.crop_size)

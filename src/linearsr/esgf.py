@@ -1,8 +1,8 @@
 """ESGF (early-stopping guided fine-tuning): knees on validation curves, starting later stages from them.
 
-METHOD.md section 4: continuing from a late, converged checkpoint of a linear-attention SR model collapses,
-while starting from the *knee* (the last checkpoint before validation metrics begin to oscillate) is
-stable. So:
+The LinearSR paper (arXiv 2510.08771) finds that continuing from a late, converged checkpoint of a
+linear-attention SR model collapses, while starting from the *knee* (the last checkpoint before validation
+metrics begin to oscillate) is stable. So:
 - `update_knee(run_dir)` runs the detector (`knee.py`) on the run's validation curves and writes
   `knee.json` (step, snapshot, confidence, evidence); the training loop calls it after each validation for
   early stopping, and `linearsr knee RUN_DIR` calls it by hand.
@@ -23,9 +23,11 @@ import math
 from collections import deque
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import WEIGHTS_NAME, resolve_model_path
+from .checkpoint import (WEIGHTS_NAME, CheckpointError, _model_folder, first_non_finite, refuse_pickle,
+                         resolve_model_path)
 from .knee import KneeConfig, detect_knee_multi, should_stop
 from .train_state import list_snapshots, read_metrics, snapshot_dir
 
@@ -34,7 +36,10 @@ KNEE_METRICS = {"psnr": True, "ssim": True}
 
 
 def knee_curves(run_dir: Path) -> dict:
-    rows = read_metrics(run_dir, "val")
+    # one row per step, the last one logged: folders from before resume truncated metrics.jsonl can hold a
+    # step twice, which the detector (rightly) refuses
+    rows = list({r["step"]: r for r in read_metrics(run_dir, "val") if "step" in r}.values())
+    rows.sort(key=lambda r: r["step"])
     return {name: ([r["step"] for r in rows if name in r], [r[name] for r in rows if name in r], higher)
             for name, higher in KNEE_METRICS.items()}
 
@@ -81,6 +86,7 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
     `allow_any` a run without a knee gives its last snapshot, and a plain model folder is accepted, both
     with a warning. A single-expert source is copied into every expert (how the MoE stage starts)."""
     path = resolve_model_path(path)
+    refuse_pickle(path)
     if (path / "snapshots").is_dir():
         if (path / "knee.json").is_file():
             source = knee_snapshot(path)
@@ -97,9 +103,20 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
         if not allow_any:
             raise ValueError(f"{path}: not a run folder with a knee; pass --init-from-any to start from a "
                              f"plain model folder")
+        source = _model_folder(path)  # refuses pickle files, names what is missing (not "evil.pt/model...")
+    file = source / WEIGHTS_NAME
+    try:
+        raw = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    bad = first_non_finite(raw)
+    if bad is not None:  # starting from NaN weights would "train" a NaN model and save it as good
+        raise CheckpointError(f"{file}: tensor {bad} holds NaN/inf; the file is damaged")
+    state = {k.removeprefix("experts."): v.float() for k, v in raw.items() if k.startswith("experts.")}
+    if not state:
+        raise CheckpointError(f"{file}: no LinearSR weights (no experts.* tensors)")
+    if source == path and not (path / "snapshots").is_dir():  # warned only once the weights proved usable
         warnings.warn(f"starting from {path}, not a knee checkpoint", stacklevel=2)
-        source = path
-    state = {k.removeprefix("experts."): v.float() for k, v in load_file(str(source / WEIGHTS_NAME)).items()}
     source_experts = 1 + max(int(k.split(".", 1)[0]) for k in state)
     if source_experts == num_experts:
         return source, state

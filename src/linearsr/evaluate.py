@@ -6,6 +6,10 @@ make the LR input with `degradations.degrade(hr, scale, kind, seed=stable per im
 
 * full reference against the HR, with a border of `scale` pixels cropped: PSNR and SSIM on RGB and on
   BT.601 luma (Y), MS-SSIM on Y (only when the cropped image is at least 176 px on its short side);
+  HaarPSI (haar_metrics.haarpsi, on YIQ) and the detail ratio (haar_metrics: the output's luma energy
+  in the Haar bands above the LR's Nyquist frequency over the HR's; geometric mean of those bands, each
+  band's ratio also kept as `detail_bands`, finest first). PSNR and SSIM fall for blur and for grain
+  alike; the detail ratio says which (< 1 blurrier, > 1 grainier, 1 = as much detail as the HR);
 * no reference: NIQE (our MATLAB port) and BRISQUE (OpenCV-contrib; skipped with a note if missing);
   the HR itself gets them too, as the reference row;
 * wall time per image and peak memory: resident-set growth read from /proc/self/status (the kernel's
@@ -34,19 +38,23 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from . import metrics
-from .peers import BASELINE_LABELS, BASELINES, realesrgan_unavailable_reason
+from .haar_metrics import detail_bands, geometric_mean, haarpsi, octaves_above_lr
+from .peers import BASELINE_LABELS, BASELINES, baseline_unavailable_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# key -> (column title, higher is better)
+# key -> (column title, higher is better; None: closest to 1 is best)
 COLUMNS = {
     "psnr": ("PSNR", True), "ssim": ("SSIM", True), "psnr_y": ("PSNR-Y", True), "ssim_y": ("SSIM-Y", True),
-    "ms_ssim": ("MS-SSIM-Y", True), "niqe": ("NIQE", False), "brisque": ("BRISQUE", False),
+    "ms_ssim": ("MS-SSIM-Y", True), "haarpsi": ("HaarPSI", True), "detail_ratio": ("Detail ratio", None),
+    "niqe": ("NIQE", False), "brisque": ("BRISQUE", False),
     "seconds": ("Time (s)", False), "peak_mem_mb": ("Peak mem (MiB)", False),
 }
 UNSUPPORTED = {name: "needs pretrained network weights that cannot be downloaded here; not supported yet"
                for name in ("LPIPS", "DISTS", "MUSIQ", "MANIQA", "CLIPIQA")}
 LINEARSR = "linearsr"
 HR = "hr"
+DEFAULT_BASELINES = tuple(BASELINES)  # every baseline (the CLI spells them out to stay torch-free at import)
+DETAIL_LEVELS = 3  # Haar bands kept per image in `detail_bands` (the summary uses the ones above the LR's Nyquist)
 
 
 def find_images(data: str | Path, data_root: str | Path = "data/demo") -> tuple[Path, list[Path]]:
@@ -144,9 +152,13 @@ def _baseline(name: str, scale: int):
     return run
 
 
-def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool) -> dict:
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # JSON has no inf; a flat HR band makes a ratio infinite
+
+
+def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool, scale: int | None = None) -> dict:
     """Every metric for one (H, W, 3) output in [0, 1] against the HR; `sr=None` scores the HR itself
-    with the no-reference metrics only."""
+    with the no-reference metrics only. `scale` (default: `border`) picks the detail ratio's bands."""
     from .brisque import brisque
     from .niqe import niqe
 
@@ -161,6 +173,13 @@ def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool)
         out["ssim_y"] = metrics.ssim(chw, ref, y_channel=True, **kw)
         short = min(img.shape[:2]) - 2 * border
         out["ms_ssim"] = metrics.ms_ssim(chw, ref, y_channel=True, **kw) if short >= 176 else None
+        out["haarpsi"] = haarpsi(chw, ref, **kw) if short >= 16 else None
+        if short >= 2**DETAIL_LEVELS:
+            bands = detail_bands(chw, ref, levels=DETAIL_LEVELS, **kw)
+            out["detail_ratio"] = _finite(geometric_mean(bands[:octaves_above_lr(scale or border)]))
+            out["detail_bands"] = [_finite(b) for b in bands]
+        else:
+            out["detail_ratio"] = out["detail_bands"] = None
     try:
         out["niqe"] = niqe(chw)
     except ValueError:  # fewer than two 96x96 blocks
@@ -170,7 +189,7 @@ def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool)
 
 
 def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: str = "bicubic",
-             steps: int | None = None, preset: str | None = None, baselines=("bicubic", "lanczos", "realesrgan"),
+             steps: int | None = None, preset: str | None = None, baselines=DEFAULT_BASELINES,
              out: str | Path | None = None, limit: int | None = None, crop: int | None = None,
              data_root: str | Path = "data/demo", seed: int = 0, device: str = "cpu", side_by_side: int = 3,
              save_images: bool = False, progress: bool = True, precision: str = "auto") -> dict:
@@ -197,9 +216,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     notes, methods = [], {}
     for name in baselines:
-        why = realesrgan_unavailable_reason() if name == "realesrgan" else None
-        if name == "realesrgan" and scale != 4:
-            why = f"Real-ESRGAN x4plus is x4 only (asked for x{scale})"
+        why = baseline_unavailable_reason(name, scale)
         if why:
             notes.append(f"{BASELINE_LABELS[name]} skipped: {why}")
         else:
@@ -234,7 +251,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
             if sr.shape != hr.shape:
                 raise RuntimeError(f"{mname} returned {sr.shape} for an HR of {hr.shape}")
             outputs[mname] = sr
-            res = score(sr, hr, scale, use_brisque)
+            res = score(sr, hr, scale, use_brisque, scale)
             res.update(seconds=seconds, peak_mem_mb=mem.peak_bytes / 2**20)
             entry["methods"][mname] = res
         entry["methods"][HR] = score(None, hr, scale, use_brisque)
@@ -272,6 +289,10 @@ def _means(per_image: list[dict]) -> dict:
         if k in keys:
             vals = [d[k] for d in per_image if d.get(k) is not None and math.isfinite(d[k])]
             out[k] = float(np.mean(vals)) if vals else None
+    bands = [d["detail_bands"] for d in per_image if d.get("detail_bands")]
+    if bands:  # per band, over the images where that band's ratio is finite
+        out["detail_bands"] = [float(np.mean(col)) if (col := [b[i] for b in bands if b[i] is not None]) else None
+                               for i in range(len(bands[0]))]
     return out
 
 
@@ -300,7 +321,8 @@ def _label(method: str) -> str:
 
 def markdown_report(results: dict, out: Path | None = None) -> str:
     mean, methods = results["mean"], results["methods"]
-    head = "| Method | " + " | ".join(f"{t} {'↑' if up else '↓'}" for t, up in COLUMNS.values()) + " |"
+    arrow = {True: "↑", False: "↓", None: "→1"}
+    head = "| Method | " + " | ".join(f"{t} {arrow[up]}" for t, up in COLUMNS.values()) + " |"
     lines = ["# LinearSR evaluation", "",
              f"- model: `{results['model']}` (engine: {results['engine']}, settings: {results['linearsr_settings']})",
              f"- data: `{results['data']}`, {len(results['images'])} image(s), x{results['scale']}, "
@@ -309,7 +331,10 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
     best = {}
     for k, (_, up) in COLUMNS.items():
         vals = [mean[m].get(k) for m in methods if m != HR and mean[m].get(k) is not None]
-        best[k] = (max if up else min)(vals) if vals else None
+        if up is None:  # a ratio: best is the one nearest 1 on a log scale (0.5 and 2 are equally far)
+            best[k] = min(vals, key=lambda v: abs(math.log(v)) if v > 0 else math.inf) if vals else None
+        else:
+            best[k] = (max if up else min)(vals) if vals else None
     for m in [*results["baselines"], LINEARSR, HR]:
         if m not in methods:
             lines.append(f"| {_label(m)} | " + " | ".join("skipped" for _ in COLUMNS) + " |")
@@ -323,7 +348,9 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
             cells.append(f"**{text}**" if v is not None and v == best[k] and m != HR else text)
         lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Means over images; best per column (HR excluded) in bold. PSNR/SSIM crop a border of "
-              f"{results['scale']} px; Y = BT.601 luma. Time is wall time per image after one untimed warm-up; "
+              f"{results['scale']} px; Y = BT.601 luma. Detail ratio: the output's luma energy in the Haar "
+              "bands above the LR's Nyquist frequency over the HR's (1 = as much detail as the HR, < 1 blurrier, "
+              "> 1 grainier; best = nearest 1). Time is wall time per image after one untimed warm-up; "
               f"peak memory: {results['memory_method']}; memory the process already held from earlier images "
               "(allocator caches) is not counted, so use `linearsr bench` (a fresh process per configuration) "
               "for absolute peaks.", "", "## Notes", ""]

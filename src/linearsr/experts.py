@@ -1,9 +1,10 @@
 """SNR-based mixture of experts: where the boundaries between experts go.
 
-The denoising trajectory is split into K intervals of t, each served by its own full backbone (METHOD.md
-section 5: structure generation -> structure refinement -> texture generation -> detail polishing, from
-noise to clean). Routing is a fixed rule on t (`LinearSRModel.expert_index`), so exactly one expert runs
-per step and per-step cost equals the single model's.
+The denoising trajectory is split into K intervals of t, each served by its own full backbone (the SNR-based
+mixture of experts of the LinearSR paper, arXiv 2510.08771: structure generation -> structure refinement ->
+texture generation -> detail polishing, from noise to clean). Routing is a fixed rule on t
+(`LinearSRModel.expert_index`), so exactly one expert runs per step and per-step cost equals the single
+model's.
 
 Boundaries by hierarchical bisection in log-SNR, computed from *our* schedule (the paper's t = 0.223,
 0.875, 0.939 belong to its own schedule and time convention and are deliberately not used):
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-import torch
 
 from .schedule import TimeSampler, logsnr_to_t, t_to_logsnr
 
@@ -116,9 +115,3 @@ def boundaries_for(num_experts: int, spacing: str, sampler: TimeSampler, anchor:
     if spacing == "uniform":
         return uniform_boundaries(num_experts)
     raise ValueError(f"expert spacing must be snr or uniform, not {spacing!r}")
-
-
-def route_counts(model, ts: torch.Tensor) -> list[int]:
-    """How many sampling steps each expert serves for a timestep list (the last, t = 1, is never run)."""
-    idx = model.expert_index(ts[:-1])
-    return [int((idx == k).sum()) for k in range(model.config.num_experts)]

@@ -48,16 +48,16 @@ def guided_velocity(model: Velocity, scale: float, context: torch.Tensor | None,
     scale = float(scale)
     bound_ctx, bound_mask = context, context_mask
 
-    def plain(x, t, lr, context=None, context_mask=None):
+    def plain(x, t, lr, context=None, context_mask=None, **condition):
         ctx = context if context is not None else bound_ctx
         mask = context_mask if context is not None else bound_mask
-        return model(x, t, lr, ctx, mask)
+        return model(x, t, lr, ctx, mask, **condition)
 
-    def guided(x, t, lr, context=None, context_mask=None):
+    def guided(x, t, lr, context=None, context_mask=None, **condition):
         ctx = context if context is not None else bound_ctx
         mask = context_mask if context is not None else bound_mask
         if ctx is None:
-            return model(x, t, lr, None, None)
+            return model(x, t, lr, None, None, **condition)
         b = x.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
@@ -76,8 +76,9 @@ def guided_velocity(model: Velocity, scale: float, context: torch.Tensor | None,
         length = max(ctx.shape[1], null.shape[1])
         ctx, mask = pad_tokens(ctx, None if mask is None else mask.to(x.device), length)
         null, null_mask = pad_tokens(null, null_mask, length)
+        doubled = {k: None if v is None else torch.cat([v, v]) for k, v in condition.items()}
         v = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([lr, lr]),
-                  torch.cat([ctx, null]), torch.cat([mask, null_mask]))
+                  torch.cat([ctx, null]), torch.cat([mask, null_mask]), **doubled)
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
 

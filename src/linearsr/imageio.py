@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import secrets
@@ -98,7 +99,8 @@ def _open_header(path: Path) -> Image.Image:
 def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type: ignore[assignment]
     """Decode a path, PIL image or numpy array into a :class:`LoadedImage`.
 
-    Arrays may be uint8, uint16 (16-bit) or float/bool in [0, 1], shaped (H, W), (H, W, 1..4).
+    Arrays may be uint8, uint16 (16-bit) or float/bool in [0, 1], shaped (H, W), (H, W, 1..4). Float
+    arrays with NaN/inf or values outside [0, 1] (beyond ``FLOAT_SLACK``) are refused with ImageError.
     ``max_pixels`` defaults to the current ``DEFAULT_MAX_PIXELS``; files are checked from their
     header before any pixel data is decoded. Animated files give their first frame.
     """
@@ -109,6 +111,8 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
     if isinstance(src, Image.Image):
         filename = getattr(src, "filename", None) or None  # set when it came from Image.open
         try:
+            if src.width == 0 or src.height == 0:
+                raise ImageError(filename or "<image>", f"empty image ({src.width}x{src.height} pixels)")
             _check_pixels(filename or "<image>", src.width, src.height, max_pixels)
             return _from_pil(_decode(src), src.format, filename)
         except Exception as exc:
@@ -130,6 +134,12 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
         raise ImageError(name, "no such file") from None
     except PermissionError:
         raise ImageError(name, "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(name, "symbolic link loop") from None
+        if exc.errno is not None:  # the system's error; PIL's own OSErrors (truncated data) have none
+            raise ImageError(name, f"cannot read ({exc.strerror or exc})") from None
+        raise _decode_error(name, exc) from None
     except Exception as exc:
         raise _decode_error(name, exc) from None
 
@@ -149,7 +159,10 @@ def _to_float(im: Image.Image) -> tuple[np.ndarray, int]:
     if im.mode == "I":  # 16-bit data widened to int32 by some decoders
         return np.clip(np.asarray(im), 0, 65535).astype(np.float32) / 65535.0, 16
     if im.mode == "F":
-        return np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32)), 0, 1), 16
+        data = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(data).all():  # reported as corrupt data by load_image, never turned into black
+            raise ValueError("float pixels hold NaN or infinite values")
+        return np.clip(data, 0, 1), 16
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, 8
 
 
@@ -195,13 +208,15 @@ def _from_array(arr: np.ndarray, max_pixels: int | None) -> LoadedImage:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (2, 3, 4)):
         raise ImageError(name, f"unsupported array shape {arr.shape} (want HxW or HxWx1..4)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageError(name, f"empty image ({arr.shape[1]}x{arr.shape[0]} pixels)")
     _check_pixels(name, arr.shape[1], arr.shape[0], max_pixels)
     if arr.dtype == np.uint8:
         data, depth = arr.astype(np.float32) / 255.0, 8
     elif arr.dtype == np.uint16:
         data, depth = arr.astype(np.float32) / 65535.0, 16
     elif arr.dtype.kind in "fb":
-        data, depth = np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0), 8
+        data, depth = _unit_floats(name, arr), 8
     else:
         raise ImageError(name, f"unsupported array dtype {arr.dtype} (use uint8, uint16 or float)")
     channels = 1 if data.ndim == 2 else data.shape[2]
@@ -210,6 +225,25 @@ def _from_array(arr: np.ndarray, max_pixels: int | None) -> LoadedImage:
     alpha = data[:, :, -1].copy() if channels in (2, 4) else None
     mode = {1: "I;16" if depth == 16 else "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
     return LoadedImage(np.ascontiguousarray(rgb), alpha, depth, mode, None, None, None)
+
+
+#: Float arrays may stray this far outside [0, 1] (rounding in the caller's own processing) and are then
+#: clipped; anything further is refused, since silently clipping 0..255 data would give a white image.
+FLOAT_SLACK = 1e-3
+
+
+def _unit_floats(name: str, arr: np.ndarray) -> np.ndarray:
+    """A float/bool array as float32 in [0, 1]. NaN/inf and values clearly outside [0, 1] are errors, never
+    silently replaced (NaN used to become 0 and 0..255 data was clipped to a white picture)."""
+    data = arr.astype(np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise ImageError(name, f"{int((~finite).sum())} values are NaN or infinite; pass finite values in [0, 1]")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+        hint = " (0..255 data: divide by 255 or pass uint8)" if hi > 1.5 else ""
+        raise ImageError(name, f"float values must lie in [0, 1], these span [{lo:g}, {hi:g}]{hint}")
+    return np.clip(data, 0.0, 1.0)
 
 
 def _quantize(x: np.ndarray, maxval: int, dtype) -> np.ndarray:
@@ -326,11 +360,49 @@ def save_image(img: Image.Image, path, *, format: str | None = None, overwrite: 
     return path
 
 
+#: Temp files of writers that cannot be asked whether they still run (names from before the pid was part
+#: of them) are removed once this old.
+STALE_TEMP_SECONDS = 3600
+
+
 def _create_temp(path: Path) -> tuple[Path, int]:
     # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so the final file gets the
     # permissions the user would get from any other program. O_EXCL: never reuse a stray file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # The writer's pid is in the name so a later run can tell a dead writer's leftover from a live one's.
+    _remove_stale_temps(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(8)}.tmp")
     return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: assume it is still writing
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files this tool left for `path` when a writer was killed (SIGKILL leaves no chance to
+    clean up): those whose writer pid is gone, and pid-less ones older than STALE_TEMP_SECONDS."""
+    import re
+    import time
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)-)?[0-9a-f]{{16}}\.tmp$")
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return
+    for tmp in candidates:
+        pid = pattern.match(tmp.name).group(1)
+        try:
+            stale = (not _pid_alive(int(pid))) if pid else time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS
+            if stale:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def _commit(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -374,10 +446,17 @@ def output_path_for(input_path, out: str | None = None, *, suffix: str = "_x4",
         dest = Path(out) / name
     else:
         dest = Path(out)
-    if dest.resolve() == src.resolve() or (  # samefile: hard links, case-insensitive disks
+    if _resolved(dest) == _resolved(src) or (  # samefile: hard links, case-insensitive disks
             dest.exists() and src.exists() and os.path.samefile(dest, src)):
         raise ImageError(str(dest), "output would replace the input image; choose another name")
     return dest
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop: its load reports it, in one line
+        return path.absolute()
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

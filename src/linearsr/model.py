@@ -3,33 +3,19 @@
 It bundles the codec, the config and K expert backbones (K = 1 is the plain model; K > 1 is the SNR-based
 mixture of experts, routed by a fixed rule on t). Calling it predicts the velocity at (x_t, t).
 
-Preconditioning (the default). Following EDM (Karras et al. 2022) for our flow x_t = a x + b noise
-(a = t, b = 1 - t, data of unit variance thanks to `data_scale`):
-
-    x_clean = c_skip x_t + c_out F(c_in x_t, t),  c_skip = a/n^2, c_out = b/n, c_in = a/n, n = sqrt(a^2 + b^2)
-
-c_skip x_t is the best linear guess, so the network never has to learn to copy its input at low noise.
-c_in departs from EDM's 1/n: it also scales the input by the signal fraction a/n, so at t = 0, where x_t
-is pure noise and carries no information about the image, the network sees zeros and its one-step
-prediction is a deterministic function of the LR image. Measured on the demo photos: a plain
-clean-prediction model after 1000 steps leaked noise of std 0.059 into its one-step output (more than
-the whole residual, std 0.036) and scored 5 dB below bicubic; with EDM's c_in = 1/n the leak was still
-0.043 after 300 steps. In velocity terms v = (x_clean - x_t) / b = ((a - b) x_t + n F) / n^2.
-
-Clean prediction. In pixel space a token carries codec_factor^2 * 3 * patch^2 values (192 for the 8x pixel
-codec), as many as or more than the network's width. A velocity target contains the full noise, which must
-then pass through that bottleneck; a clean-image target lies near a low-dimensional manifold and does not
-(Li & He, "Back to Basics: Let Denoising Generative Models Denoise", 2025, make the same observation for
-pixel-space transformers with large patches). So by default the network predicts x_clean and `forward`
-converts it to the velocity; the loss is still the paper's velocity MSE. SANA latents (32 channels, width
-1152) have no such bottleneck and keep `prediction="velocity"`.
+What the network itself predicts is `config.prediction`: "preconditioned" (the default, EDM-style),
+"clean" or "velocity"; preconditioning.py has one class per choice, and `forward` converts every one of them
+to the velocity, so the samplers and the loss never see the difference.
 
 Flow space. The flow's clean sample is `data_scale` times the codec-space target (unit variance, see
-config.py). With `config.residual` (the default) the flow runs between noise and the *residual*
-codec(HR) - codec(up(LR)), where up() is bicubic upsampling of the LR input: the model only has to generate
-what bicubic is missing, which makes small CPU-trained models reach good fidelity far sooner. With
-`residual=False` it generates codec(HR) itself, as in the paper. Either way the LR image also enters
-through the stem. `encode_target` and `decode` are the only two places that know about this.
+config.py): codec(HR) - codec(x_base), where x_base = R(LR) is the base image of `config.base` (base.py):
+bicubic enlargement (paper-faithful research default), SPAN, a pretrained restoration prior (the product
+default), or nothing (`base="none"`, the flow generates codec(HR) itself). With the preconditioned
+parameterisation and a zero-initialised output, an untrained model's one-step sample is exactly x_base.
+The LR image always enters through the stem; with `base_condition` the backbone also sees codec(x_base), and
+with `degradation_condition` the LR image's estimated degradation levels (degradation_level.py).
+`condition` computes both once per image; `encode_target` and `decode` are the only two places that know
+about the base.
 """
 
 from __future__ import annotations
@@ -41,8 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import LinearSRBackbone
+from .base import build_base
 from .codec import build_codec
 from .config import ModelConfig
+from .degradation_level import apply_override, estimate_degradation
+from .preconditioning import build_parameterisation
 
 
 class LinearSRModel(nn.Module):
@@ -53,6 +42,8 @@ class LinearSRModel(nn.Module):
         if self.codec.channels != config.latent_channels or self.codec.factor != config.codec_factor:
             raise ValueError("codec shape does not match the config (latent_channels / codec_factor)")
         self.experts = nn.ModuleList(LinearSRBackbone(config) for _ in range(config.num_experts))
+        self.parameterisation = build_parameterisation(config)  # network output -> velocity
+        self.base = build_base(config)
         self.register_buffer("boundaries", torch.tensor(config.expert_boundaries, dtype=torch.float64),
                              persistent=False)
         self.lean_device: torch.device | None = None  # see `set_lean`
@@ -69,6 +60,8 @@ class LinearSRModel(nn.Module):
         self.lean_device = None if device is None else torch.device(device)
         if self.lean_device is not None:
             self.experts.to("cpu")
+            if self.base is not None:  # small, and used once per image: it lives on the device
+                self.base.to(self.lean_device)
 
     def _expert(self, k: int) -> nn.Module:
         expert = self.experts[k]
@@ -80,56 +73,82 @@ class LinearSRModel(nn.Module):
         return expert
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, lr: torch.Tensor,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The velocity at (x_t, t). With `prediction="clean"` the network's output is the clean sample and
-        v = (x_clean - x_t) / (1 - t), with 1 - t clamped below by `min_one_minus_t`."""
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                base: torch.Tensor | None = None, degradation: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity at (x_t, t). `base` (the base image) and `degradation` (levels) come from
+        `condition(lr)`; when the model needs them and they are not given, they are computed from `lr`
+        (correct, but samplers should compute them once). Whatever the network predicts
+        (`config.prediction`), `self.parameterisation` scales its input and converts its output."""
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        kind = self.config.prediction
-        if kind == "velocity":
-            return self._route(x, t, lr, context, context_mask)
-        if kind == "clean":
-            out = self._route(x, t, lr, context, context_mask)
-            one_minus_t = (1 - t).clamp_min(self.config.min_one_minus_t).view(-1, 1, 1, 1).to(out.dtype)
-            return (out - x) / one_minus_t
-        # preconditioned: x_clean = c_skip x_t + c_out F(c_in x_t); v = (x_clean - x_t) / (1 - t) in closed form
-        a, b = t.view(-1, 1, 1, 1).to(x.dtype), (1 - t).view(-1, 1, 1, 1).to(x.dtype)
-        norm = (a * a + b * b).sqrt()  # std of x_t for unit-variance data
-        out = self._route(x * (a / norm), t, lr, context, context_mask)
-        return ((a - b) * x + out * norm) / (norm * norm)
+        extra = self._backbone_inputs(lr, base, degradation)
+        net_in = self.parameterisation.scale_input(x, t)
+        out = self._route(net_in, t, lr, context, context_mask, extra)
+        return self.parameterisation.to_velocity(out, x, t)
 
-    def _route(self, x, t, lr, context, context_mask) -> torch.Tensor:
+    def _backbone_inputs(self, lr, base, degradation) -> dict:
+        extra = {}
+        if self.config.base_condition:
+            extra["base_latent"] = self.codec.encode(self.base_image(lr) if base is None else base.to(lr.dtype))
+        if self.config.degradation_condition:
+            extra["degradation"] = estimate_degradation(lr) if degradation is None else degradation
+        return extra
+
+    def _route(self, x, t, lr, context, context_mask, extra) -> torch.Tensor:
         if len(self.experts) == 1:
-            return self._expert(0)(x, t, lr, context, context_mask)
+            return self._expert(0)(x, t, lr, context, context_mask, **extra)
         idx = self.expert_index(t.detach().cpu())
         if bool((idx == idx[0]).all()):  # sampling: one expert per step, one forward
-            return self._expert(int(idx[0]))(x, t, lr, context, context_mask)
+            return self._expert(int(idx[0]))(x, t, lr, context, context_mask, **extra)
         out = torch.empty_like(x)  # training batch with mixed t: each sample goes to its own expert
         for k in idx.unique().tolist():
             sel = (idx == k).to(x.device)
             ctx = None if context is None else context[sel]
             mask = None if context_mask is None else context_mask[sel]
-            out[sel] = self._expert(k)(x[sel], t[sel], lr[sel], ctx, mask).to(out.dtype)  # bf16 under autocast
+            part = {name: value[sel] for name, value in extra.items()}
+            out[sel] = self._expert(k)(x[sel], t[sel], lr[sel], ctx, mask, **part).to(out.dtype)  # bf16 under autocast
         return out
+
+    @torch.no_grad()
+    def condition(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None) -> dict:
+        """What the sampler passes to every forward besides lr: the base image and the degradation levels
+        (each only when this model uses it), computed once per image. `degradation_override` replaces
+        estimated levels by name (see degradation_level.parse_degradation)."""
+        extra = {}
+        if self.base is not None:
+            extra["base"] = self.base_image(lr)
+        if self.config.degradation_condition:
+            extra["degradation"] = apply_override(estimate_degradation(lr), degradation_override)
+        return extra
 
     # ---- images <-> flow space ----------------------------------------------------------------------
     def upsample_lr(self, lr: torch.Tensor) -> torch.Tensor:
-        """Bicubic enlargement of the LR image (in [-1, 1]) to the HR size."""
+        """Bicubic enlargement of the LR image (in [-1, 1]) to the HR size (the colour-fix reference)."""
         return F.interpolate(lr, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
 
-    def encode_target(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        """The clean sample of the flow for an HR/LR pair (images in [-1, 1])."""
+    def base_image(self, lr: torch.Tensor) -> torch.Tensor | None:
+        """x_base = R(LR) in [-1, 1] at the HR size, or None for base "none"."""
+        if self.base is None:
+            return None
+        param = next(self.base.parameters(), None)  # a SPAN base may sit on another device (lean, tiled)
+        if param is None or param.device == lr.device:
+            return self.base(lr)
+        return self.base(lr.to(param.device)).to(lr.device)
+
+    def encode_target(self, hr: torch.Tensor, lr: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The clean sample of the flow for an HR/LR pair (images in [-1, 1]); `base` = base_image(lr) if
+        already computed."""
         z = self.codec.encode(hr)
-        if self.config.residual:
-            z = z - self.codec.encode(self.upsample_lr(lr))
+        if self.base is not None:
+            z = z - self.codec.encode(self.base_image(lr) if base is None else base.to(hr.dtype))
         return z * self.config.data_scale
 
-    def decode(self, z: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, lr: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """Flow-space sample -> HR image in [-1, 1] (not clamped)."""
         z = z / self.config.data_scale
-        if self.config.residual:
-            z = z + self.codec.encode(self.upsample_lr(lr))
+        if self.base is not None:
+            z = z + self.codec.encode(self.base_image(lr) if base is None else base.to(z.dtype))
         return self.codec.decode(z)
 
     def latent_shape(self, lr: torch.Tensor) -> tuple[int, int, int, int]:

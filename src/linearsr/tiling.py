@@ -100,7 +100,10 @@ class TiledVelocity:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, lr: torch.Tensor,
-                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                 base: torch.Tensor | None = None, degradation: torch.Tensor | None = None) -> torch.Tensor:
+        """`base` (HR size) is cut like the grid; `degradation` describes the whole image and is passed
+        unchanged, so every tile is conditioned alike."""
         b, c, h, w = x.shape
         f, s = self.config.codec_factor, self.config.scale
         if lr.shape[-2] * s != h * f or lr.shape[-1] * s != w * f:
@@ -115,7 +118,10 @@ class TiledVelocity:
         for y0, y1, x0, x1 in self.tiles(h, w):
             # LR pixels under the tile: latent cell i covers LR rows [i * f / s, (i + 1) * f / s).
             lr_tile = lr[..., y0 * f // s: y1 * f // s, x0 * f // s: x1 * f // s]
-            v = self.model(x[..., y0:y1, x0:x1].to(dev), t, lr_tile.to(dev), ctx, mask)
+            cond = {} if degradation is None else {"degradation": degradation.to(dev)}
+            if base is not None:
+                cond["base"] = base[..., y0 * f: y1 * f, x0 * f: x1 * f].to(dev)
+            v = self.model(x[..., y0:y1, x0:x1].to(dev), t, lr_tile.to(dev), ctx, mask, **cond)
             self.calls += 1
             key = (y1 - y0, x1 - x0)
             if key not in weights:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,8 @@ from .precision import resolve_precision
 from .sample import super_resolve
 from .experts import expert_intervals, expert_time_samplers
 from .train_config import TrainConfig
-from .train_state import (EMA, has_train_state, load_train_state, prune_snapshots, read_metrics,
-                          save_train_state, snapshot_dir)
+from .train_state import (EMA, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
+                          read_metrics, save_train_state, snapshot_dir, truncate_metrics)
 
 
 class TrainingStopped(RuntimeError):
@@ -101,7 +102,7 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
     conditioned on each crop's tags when `validation.use_tags` (else the null tokens, as for a user who
     gives no tags)."""
     model.eval()
-    scores = {"psnr": [], "psnr_y": [], "ssim": []}
+    scores = {"psnr": [], "psnr_y": [], "ssim": [], "psnr_base": []}
     border = model.config.scale
     conditions = [(None, None)] * len(val["hr"])
     if cfg.validation.use_tags and table is not None:
@@ -120,7 +121,16 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
         scores["psnr_y"].append(metrics.psnr(out, ref, crop_border=border, y_channel=True))
         scores["ssim"].append(metrics.ssim(out, ref, crop_border=border))
-    result = {k: sum(v) / len(v) for k, v in scores.items()}
+        kind = val["kinds"][i] if "kinds" in val else None
+        if kind is not None and len(set(val["kinds"])) > 1:  # one curve per degradation kind, too
+            scores.setdefault(f"psnr_{kind}", []).append(scores["psnr"][-1])
+        base = model.base_image(lr[None].to(device))
+        if base is not None:  # the bar the flow model has to clear on the same crops
+            base_psnr = metrics.psnr(((base.float().cpu().clamp(-1, 1) + 1) / 2)[0], ref, crop_border=border)
+            scores["psnr_base"].append(base_psnr)
+            if kind is not None and len(set(val["kinds"])) > 1:
+                scores.setdefault(f"psnr_base_{kind}", []).append(base_psnr)
+    result = {k: sum(v) / len(v) for k, v in scores.items() if v}
     seed = cfg.validation.seed
     result["val_loss"] = validation_loss(model, val, [i / 10 for i in range(1, 10)], seed, device, conditions)
     if model.config.num_experts > 1:  # each expert's own curve, on timesteps inside its interval
@@ -135,17 +145,30 @@ def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int,
                     conditions: list | None = None) -> float:
     """Flow-matching loss on the fixed set at fixed times with fixed noise: a low-noise curve. `conditions`:
     per crop (context, mask), as the samples were validated; None = the null tokens."""
-    total, count = 0.0, 0
+    loss_fn, total, count = FlowMatchingLoss(), 0.0, 0
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         hr, lr = hr[None].to(device), lr[None].to(device)
         context, mask = conditions[i] if conditions else (None, None)
-        x = model.encode_target(hr, lr)
+        cond = model.condition(lr)
+        x = model.encode_target(hr, lr, base=cond.get("base"))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
-        for t in ts:
-            v = model((1 - t) * noise + t * x, torch.tensor([t], device=device), lr, context, mask)
-            total += float((v.float() - (x - noise)).pow(2).mean())
+        for t in ts:  # the training loss itself, at this t and this crop's fixed noise
+            total += float(loss_fn.at(model, x, t, noise, lr, context, mask, **cond))
             count += 1
     return total / count
+
+
+TRAIN_EXTRA = ("matplotlib", "yaml")  # what training imports from the `train` extra (curves, configs)
+
+
+def require_train_extra() -> None:
+    """One line naming the install command when a package of the `train` extra is missing."""
+    import importlib.util
+
+    missing = [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"training needs the train extra (missing: {', '.join(missing)}): "
+                           f"pip install \"linearsr[train]\"")
 
 
 def plot_curves(run_dir: Path) -> None:
@@ -192,8 +215,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     e.g. rolled back); ESGF's `DivergenceGuard` is one, installed automatically with `guard.rollback`."""
     run_dir = Path(run_dir)
     dd = setup_distributed()
-    if has_train_state(run_dir) and not resume:
+    if (has_train_state(run_dir) or read_metrics(run_dir)) and not resume:
         raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    require_train_extra()  # before any step: a missing plotting package must not kill the run at step 10
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(dd.device)
     model.config.provenance = {**model.config.provenance, "train_config": str(run_dir / "config.yaml")}
@@ -216,12 +240,17 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         hooks = DivergenceGuard(model, cfg)
     opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     ema = EMA(model, cfg.optim.ema_decay)
-    step = 0
+    step, extra = 0, {"metrics_lines": 0}
+    say = (lambda m: print(f"linearsr: warning: {m}", file=sys.stderr, flush=True)) if dd.main else None
     if resume and has_train_state(run_dir):
-        step, extra = load_train_state(run_dir, model, ema, opt)
+        step, extra = load_train_state(run_dir, model, ema, opt, notify=say)
         cfg.optim.lr = extra.get("lr", cfg.optim.lr)  # a rollback may have lowered it
+    elif resume and read_metrics(run_dir) and say:
+        say(f"{run_dir}: no saved state yet; starting again from step 0")
     if dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # rows logged after the resumed state was saved would be written again: drop them first
+        truncate_metrics(run_dir, step, extra.get("metrics_lines"))
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
     log = MetricsLog(run_dir, dd.main)
 
@@ -268,8 +297,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             pick = torch.Generator().manual_seed(seed_for(cfg.seed, "expert", step))
             step_loss = expert_loss_fns[int(torch.multinomial(expert_shares, 1, generator=pick))]
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            target = model.encode_target(hr, lr)
-            loss = step_loss(net, target, lr, context, mask, generator=gen).mean()
+            cond = model.condition(lr)  # base image and degradation levels, once per batch, no gradient
+            base_l1 = None
+            if model.config.base_trainable:  # the prior learns through its conditioning input and an L1 term
+                cond["base"] = model.base_image(lr)
+                base_l1 = (cond["base"].float() - hr.float()).abs().mean()
+            target = model.encode_target(hr, lr, base=None if "base" not in cond else cond["base"].detach())
+            loss = step_loss(net, target, lr, context, mask, generator=gen, **cond).mean()
+            if base_l1 is not None:
+                loss = loss + cfg.optim.base_l1_weight * base_l1
         opt.zero_grad(set_to_none=True)
         ok = dd.all_true(bool(torch.isfinite(loss)))
         grad_norm = float("nan")
@@ -326,7 +362,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             stop_now = dd.all_true(stop_now) if dd.world > 1 else stop_now
         if step % cfg.checkpoint.every == 0 or final or stop_now:
             if dd.main:
-                save_train_state(run_dir, model, ema, opt, step, extra={"lr": cfg.optim.lr})
+                save_train_state(run_dir, model, ema, opt, step,
+                                 extra={"lr": cfg.optim.lr, "metrics_lines": metrics_line_count(run_dir)})
             dd.barrier()
         if stop_now:
             summary["stopped"] = "early_stop"

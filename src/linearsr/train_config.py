@@ -7,10 +7,12 @@ part is a `ModelConfig` (named size + overrides); everything else is here.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from .checks import check_fields
 from .config import ModelConfig
 
 
@@ -41,6 +43,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at `steps`) or "constant"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    base_l1_weight: float = 1.0  # with model.base_trainable: weight of the L1 term on the base image
     ema_decay: float = 0.999
     batch_size: int = 8  # per process
 
@@ -133,7 +136,13 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         """The named size + overrides, with expert boundaries computed from this config's schedule."""
-        cfg = ModelConfig.from_size(self.model_size, **self.model)
+        if not isinstance(self.model, dict):
+            raise ValueError("model must be a mapping of model config keys")
+        unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelConfig)})
+        if unknown:
+            raise ValueError(f"unknown model config key{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join('model.' + k for k in unknown)}")
+        cfg = ModelConfig.from_size(self.model_size, **check_fields(ModelConfig, self.model, "model."))
         if self.experts.count > 1 and "expert_boundaries" not in self.model:
             from .experts import boundaries_for
 
@@ -146,7 +155,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, d, "")
+        cfg = _build(cls, d, "")
+        check_ranges(cfg)
+        _expand_paths(cfg)
+        return cfg
 
     def to_yaml(self) -> str:
         import yaml
@@ -155,9 +167,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
-        import yaml
-
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a training config must be a YAML mapping")
         for item in overrides:
@@ -165,9 +175,26 @@ class TrainConfig:
         return cls.from_dict(raw)
 
 
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise RuntimeError('training configs need PyYAML, part of the train extra: pip install "linearsr[train]"') from None
+    return yaml
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's content; a syntax error is one line naming the file, line and column."""
+    yaml = _yaml()
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+
+
 def apply_override(raw: dict, item: str) -> None:
     """`optim.lr=1e-3` sets raw["optim"]["lr"] (the value parsed as YAML, so numbers and lists work)."""
-    import yaml
+    yaml = _yaml()
 
     if "=" not in item:
         raise ValueError(f"override {item!r} is not of the form key=value")
@@ -178,7 +205,16 @@ def apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {p} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(e) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
 
 
 def _build(cls, d: dict[str, Any], where: str):
@@ -187,23 +223,71 @@ def _build(cls, d: dict[str, Any], where: str):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}")
-    kwargs = {}
+    kwargs = check_fields(cls, d, where)  # types: one line naming the key, e.g. "steps must be a whole number"
     for key, value in d.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}{key} must be a mapping")
-            kwargs[key] = _build(hint, value, f"{where}{key}.")
-        elif hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-                kwargs[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}{key} must be a number, not {value!r}") from None
-        elif key == "betas":
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
+            kwargs[key] = _build(hints[key], value, f"{where}{key}.")
     return cls(**kwargs)
+
+
+# Ranges and choices of the values, checked when a config is read (after the types). (low, high): either
+# end None = open; a set = the allowed words. A value out of range stops at parse time, in one line, rather
+# than as a ZeroDivisionError at the first `step % every` or a run that silently does nothing.
+RANGES: dict[str, tuple | set] = {
+    "steps": (1, None), "max_minutes": (0, None), "log_every": (1, None),
+    "precision": {"auto", "fp32", "bf16"},
+    "data.val_holdout": (0, None), "data.val_crops": (1, None), "data.val_crop_size": (1, None),
+    "data.crop_size": (1, None), "data.max_side": (1, None), "data.degradation": {"bicubic", "realistic", "mixed"},
+    "data.realistic_prob": (0, 1), "data.workers": (0, None), "data.tag_mode": {"tags", "caption", "none"},
+    "data.tag_dropout": (0, 1),
+    "optim.lr": (0, None, "positive"), "optim.weight_decay": (0, None), "optim.warmup_steps": (0, None),
+    "optim.schedule": {"cosine", "constant"}, "optim.min_lr_ratio": (0, 1), "optim.grad_clip": (0, None, "positive"),
+    "optim.ema_decay": (0, 1), "optim.batch_size": (1, None),
+    "validation.every": (1, None), "validation.steps": (1, None),
+    "checkpoint.every": (1, None), "checkpoint.keep_last": (0, None), "checkpoint.keep_every": (0, None),
+    "guard.max_bad_steps": (1, None), "guard.lr_factor": (0, 1, "positive"), "guard.max_rollbacks": (0, None),
+    "guard.spike_factor": (1, None), "guard.spike_window": (1, None), "guard.baseline_beta": (0, 1),
+    "early_stop.min_confidence": (0, 1), "experts.count": (1, None), "experts.spacing": {"snr", "uniform"},
+}
+
+
+def check_ranges(cfg: "TrainConfig") -> None:
+    for key, rule in RANGES.items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if isinstance(rule, set):
+            if node not in rule:
+                raise ValueError(f"{key} must be one of {', '.join(sorted(rule))}, not {node!r}")
+            continue
+        low, high, *positive = rule
+        if positive and not node > 0:
+            raise ValueError(f"{key} must be positive, not {node!r}")
+        if (low is not None and node < low) or (high is not None and node > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise ValueError(f"{key} must be {span}, not {node!r}")
+    b = cfg.optim.betas
+    if not all(0 <= x < 1 for x in b):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), not {list(b)}")
+    if cfg.experts.count & (cfg.experts.count - 1):
+        raise ValueError(f"experts.count must be a power of two, not {cfg.experts.count}")
+
+
+PATH_KEYS = ("data.train_dir", "data.val_dir", "data.tags_file", "data.tag_encoder", "init_from")
+
+
+def _expand_paths(cfg: "TrainConfig") -> None:
+    """`~/my_photos` means the home folder, as in a shell (YAML and key=value pairs never reach a shell)."""
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = getattr(node, part)
+        value = getattr(node, leaf)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(node, leaf, os.path.expanduser(value))
 
 
 def _plain(x):

@@ -5,27 +5,45 @@ Run folder layout:
     RUN/config.yaml            resolved training config
     RUN/metrics.jsonl          one JSON object per log line: {"kind": "train"|"val"|"event", "step": ...}
     RUN/state/                 latest full state: weights, EMA, optimizer (safetensors) + state.json
+    RUN/state.prev/            the state saved before it, the fallback when the latest one is damaged
     RUN/snapshots/step_NNNNNNN/  model folders (EMA weights + config.json), one per validation
     RUN/curves.png             loss and validation curves
     RUN/knee.json              ESGF knee (when detected); its snapshot is never pruned
 
 Everything random in training derives from (seed, step), so weights + EMA + optimizer + step are the whole
 state: resuming reproduces an uninterrupted run bit for bit on the same machine and settings.
+
+A state is trusted only when it checks out: state.json records a SHA-256 per tensor file (verified on
+load), every weight must be finite (a NaN state is refused at save and at load), and a damaged latest state
+falls back to `state.prev` with one line saying so. state.json also records how many metrics.jsonl lines
+existed when it was saved, so a resume cuts the log back to that point and never duplicates rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_dir
+from .checkpoint import first_non_finite
+
 
 SNAPSHOT_RE = re.compile(r"^step_(\d+)$")
+STATE, PREVIOUS = "state", "state.prev"
+TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+
+
+class StateError(ValueError):
+    """A saved training state that cannot be trusted; the message is one line naming the folder."""
 
 
 class EMA:
@@ -61,38 +79,148 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
                      step: int, extra: dict | None = None) -> None:
+    """Write the state atomically into RUN/state; the one it replaces becomes RUN/state.prev. Refuses
+    weights with NaN/inf: a state on disk is always one training can go on from."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = first_non_finite(weights) or first_non_finite(ema.shadow)
+    if bad is not None:
+        raise StateError(f"{run_dir / STATE}: not saved at step {step}: tensor {bad} holds NaN/inf; the last "
+                         f"good state is kept")
+
     def write(tmp: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
         tensors, meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "extra": extra or {}}, indent=1))
+        sums = {name: file_sha256(tmp / name) for name in TENSOR_FILES}
+        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "extra": extra or {},
+                                                    "sha256": sums}, indent=1))
 
-    atomic_dir(run_dir / "state", write)
+    final, previous = run_dir / STATE, run_dir / PREVIOUS
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{STATE}.tmp", dir=final.parent))
+    try:
+        write(tmp)
+        # Each moment leaves a loadable state: a crash between the two renames leaves only state.prev,
+        # which load_train_state falls back to.
+        if final.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(final, previous)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    folder = run_dir / "state"
-    meta = json.loads((folder / "state.json").read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+def check_state(folder: Path) -> tuple[dict, dict]:
+    """(state.json, {file: tensors}) of a state folder that checks out, else StateError (one line, why)."""
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        int(meta["step"])
+    except FileNotFoundError:
+        raise StateError(f"{folder}: no state.json") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StateError(f"{folder}/state.json: unreadable ({type(e).__name__}: {e})") from None
+    sums = meta.get("sha256") or {}  # states written before checksums existed have none
+    tensors = {}
+    for name in TENSOR_FILES:
+        path = folder / name
+        if name in sums:
+            try:
+                if file_sha256(path) != sums[name]:
+                    raise StateError(f"{path}: checksum mismatch (the file changed after it was saved)")
+            except OSError as e:
+                raise StateError(f"{path}: unreadable ({e.strerror or e})") from None
+        try:
+            tensors[name] = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise StateError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+        if name != "optimizer.safetensors":
+            bad = first_non_finite(tensors[name])
+            if bad is not None:
+                raise StateError(f"{path}: tensor {bad} holds NaN/inf")
+    return meta, tensors
+
+
+def load_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+                     notify: Callable[[str], None] | None = None) -> tuple[int, dict]:
+    """Load the newest state that checks out (RUN/state, else RUN/state.prev); `notify` gets one line when
+    the latest is skipped. Raises StateError when none can be trusted."""
+    problems = []
+    for folder in (run_dir / STATE, run_dir / PREVIOUS):
+        if not folder.exists():
+            continue
+        try:
+            meta, tensors = check_state(folder)
+        except StateError as e:
+            problems.append(str(e))
+            continue
+        if problems and notify is not None:
+            notify(f"{problems[0]}; resuming from the previous state, {folder} (step {meta['step']})")
+        _restore(meta, tensors, model, ema, optimizer)
+        return int(meta["step"]), meta.get("extra", {})
+    raise StateError(f"{'; '.join(problems) or f'{run_dir}: no saved state'}; no good state to resume from "
+                     f"(start again without --resume, in a new --out)")
+
+
+def _restore(meta: dict, tensors: dict, model, ema: EMA, optimizer) -> None:
+    model.load_state_dict(tensors["model.safetensors"])
     device = next(model.parameters()).device
-    ema.shadow = load_file(str(folder / "ema.safetensors"), device=str(device))
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    ema.shadow = {k: v.to(device) for k, v in tensors["ema.safetensors"].items()}
     state: dict[int, dict] = {}
-    for key, value in tensors.items():
+    for key, value in tensors["optimizer.safetensors"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     for key, value in meta["optimizer"]["scalars"].items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    return int(meta["step"]), meta.get("extra", {})
 
 
 def has_train_state(run_dir: Path) -> bool:
-    return (run_dir / "state" / "state.json").is_file()
+    return any((run_dir / name / "state.json").is_file() for name in (STATE, PREVIOUS))
+
+
+def truncate_metrics(run_dir: Path, step: int, lines: int | None) -> int:
+    """Cut metrics.jsonl back to what it held when the resumed state (at `step`) was saved, so rows
+    logged after that state are not duplicated by the resumed run. `lines`: the count the state recorded;
+    None (older states) keeps train/val rows up to `step` and events before it. Returns rows dropped."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines is not None:
+        kept = rows[:lines]
+    else:
+        kept = []
+        for line in rows:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill mid-write
+            limit = step if row.get("kind") in ("train", "val") else step - 1
+            if int(row.get("step", 0)) <= limit:
+                kept.append(line)
+    if len(kept) == len(rows):
+        return 0
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
+def metrics_line_count(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def snapshot_dir(run_dir: Path, step: int) -> Path:
@@ -118,7 +246,10 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # the tail of a line cut short by a kill mid-write
             if kind is None or row.get("kind") == kind:
                 rows.append(row)
     return rows

@@ -13,9 +13,13 @@ Design notes:
   there, and results are written inside it (so Gradio serves them in place instead of copying). `serve`
   removes it on exit; Gradio's `delete_cache` prunes files older than an hour meanwhile.
 * Limits. The upload size is enforced by the server (`max_file_size`) and again by `run_upscale`, the pixel
-  count from the file header before any decoding (`imageio.load_image(max_pixels=...)`). Both refusals are
-  one-line messages shown in the page (gr.Error). One job at a time: the queue runs the model's events
-  (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
+  count from the file header before any decoding (`imageio.load_image(max_pixels=...)`). Every setting a
+  request carries (scale, steps, guidance, seed, preset, colour fix, tags) is checked on the server against
+  `LIMITS`, the same object the page's controls are built from: the HTTP API cannot ask for more than the
+  page offers. A job also stops when its client goes away (page closed, API call cancelled), when it runs
+  past `max_job_seconds`, or when the server stops; the pipeline's per-step callback is where it checks.
+  Every refusal is a one-line message shown in the page (gr.Error). One job at a time: the queue runs the
+  model's events (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
 * The page: input image, scale, preset (pre-fills steps, guidance and colour fix, which stay editable), tags
   (pre-filled by the tagger plug-in when one is configured), seed; a progress bar fed by the pipeline's
   per-step callback; a before/after slider (bicubic | LinearSR), a download button for the full-resolution
@@ -27,7 +31,9 @@ from __future__ import annotations
 import atexit
 import inspect
 import json
+import math
 import os
+import time
 import re
 import shutil
 import signal
@@ -55,7 +61,29 @@ OFFLINE_ENV = {  # set (unless the user set them) before gradio is imported
     "GRADIO_SSR_MODE": "False",
 }
 PRESET_CHOICES = ["default", "fidelity", "realism"]  # "default" = no preset: the pipeline's DEFAULTS
-SCALE_RANGE = (1.0, 8.0, 0.5)  # slider min, max, step
+KEEP_RESULTS = 4  # finished jobs whose files stay on disk (the page shows the latest; older ones are pruned)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. The page's sliders are built from these numbers and `check_request`
+    enforces them on the server, so the page and the API share one definition."""
+
+    scale: tuple[float, float, float] = (1.0, 8.0, 0.5)    # min, max, step (slider)
+    steps: tuple[int, int, int] = (1, 50, 1)
+    guidance: tuple[float, float, float] = (1.0, 10.0, 0.5)
+    seed: tuple[int, int] = (0, 2**31 - 1)
+    tags_chars: int = 1000
+    output_pixels: int = 64_000_000   # the result's size: a 16 MP upload at x8 would be 1 GP
+    job_seconds: float = 600.0        # wall-clock bound of one job; it stops at the next sampling step
+
+
+LIMITS = Limits()
+SCALE_RANGE = LIMITS.scale  # kept for callers of the old name
+
+
+class JobStopped(RuntimeError):
+    """A job ended early on purpose (client gone, time limit, server stopping); one line for the page."""
 
 
 @dataclass
@@ -115,24 +143,92 @@ def _safe_stem(name: str) -> str:
     return stem[:80] or "image"
 
 
+def _number(name: str, value, lo, hi, step=None, whole: bool = False) -> float:
+    """`value` as a number inside [lo, hi] (on the slider's grid when `step` is given), else ValueError."""
+    kind = "a whole number" if whole else "a number"
+    lo, hi = (int(lo), int(hi)) if whole else (lo, hi)  # so 2147483647 prints as itself, not 2.15e+09
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
+    if whole and value != int(value):
+        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value:g}")
+    if step and abs((value - lo) / step - round((value - lo) / step)) > 1e-6:
+        raise ValueError(f"{name} must be a multiple of {step:g} from {lo} to {hi}, got {value:g}")
+    return value
+
+
+def check_request(*, scale, preset, steps, guidance, tags, seed, color_fix, limits: Limits = LIMITS) -> dict:
+    """Every setting of one /upscale request checked against `limits` (raw JSON values: the API skips the
+    page's controls). Returns them normalised; raises ValueError naming the first bad one."""
+    from .colorfix import COLOR_FIXES
+
+    if preset not in PRESET_CHOICES:
+        raise ValueError(f"preset must be one of {', '.join(PRESET_CHOICES)}, got {preset!r}")
+    if color_fix not in COLOR_FIXES:
+        raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    if tags is not None and not isinstance(tags, str):
+        raise ValueError(f"tags must be text, got {type(tags).__name__}")
+    if tags and len(tags) > limits.tags_chars:
+        raise ValueError(f"tags must be at most {limits.tags_chars} characters, got {len(tags)}")
+    seed = 0 if seed is None else seed  # an emptied number box
+    return dict(scale=float(_number("scale", scale, *limits.scale)),
+                steps=int(_number("steps", steps, *limits.steps, whole=True)),
+                guidance=float(_number("guidance", guidance, *limits.guidance)),
+                seed=int(_number("seed", seed, *limits.seed, whole=True)),
+                preset=preset, color_fix=color_fix, tags=tags or None)
+
+
+def prune_results(results: Path, keep: int = KEEP_RESULTS) -> None:
+    """Remove all but the newest `keep` job folders: a long-running server must not grow on disk."""
+    try:
+        jobs = sorted((p for p in results.glob("job-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    for old in jobs[:-keep] if keep > 0 else jobs:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_upscale(pipe, image, out_dir, *, name: str | None = None, scale: float | None = None,
                 preset: str | None = None, steps: int | None = None, guidance: float | None = None,
                 tags=None, seed: int = 0, color_fix: str | None = None, max_upload_bytes: int | None = None,
                 max_pixels: int | None = None, progress: Callable[[int, int], None] | None = None,
-                model_label: str | None = None) -> UpscaleResult:
+                model_label: str | None = None, max_output_pixels: int | None = None,
+                should_stop: Callable[[], str | None] | None = None) -> UpscaleResult:
     """Upscale the image file `image` with the `LinearSR` pipeline `pipe`; write the result and its bicubic
     counterpart as PNGs in a new folder under `out_dir`. Raises `imageio.ImageError` (one line, naming
     `name`) for refused or unreadable uploads and ValueError for bad settings. `progress(done, total)` is
-    called after every sampling step. Settings left None come from the preset, then the pipeline's DEFAULTS."""
+    called after every sampling step. Settings left None come from the preset, then the pipeline's DEFAULTS.
+    `should_stop()` is asked before the work and after every step; a reason (text) ends the job with
+    `JobStopped`. `max_output_pixels` refuses results larger than that before any work."""
+    from .pipeline import output_size
+
     path = Path(image)
     name = name or path.name
     preset = None if preset in (None, "", "default", "none") else preset
     loaded = load_upload(path, name, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    h, w = loaded.rgb.shape[:2]
+    tw, th = output_size(w, h, scale, None, pipe.model.config.scale)
+    if max_output_pixels and tw * th > max_output_pixels:
+        raise ValueError(f"{name}: the result would be {tw}x{th} = {_pixels(tw * th)}, over the "
+                         f"{_pixels(max_output_pixels)} limit; choose a smaller scale")
+
+    def stop_check() -> None:
+        reason = should_stop() if should_stop is not None else None
+        if reason:
+            raise JobStopped(f"{name}: stopped, {reason}")
+
+    def step_done(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total)
+        stop_check()  # raising here unwinds the sampler: the job slot is free at once
+
+    stop_check()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rgb, alpha = pipe.enhance_arrays(loaded.rgb, loaded.alpha, scale=scale, preset=preset, steps=steps,
                                          guidance=guidance, tags=tags, seed=int(seed), color_fix=color_fix,
-                                         progress=progress)
+                                         progress=step_done)
     # only our own warnings (tags ignored, encoder missing...): other threads' warnings land here too
     notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught if _ours(w.filename)))
     result = imageio.to_output_pil(rgb, alpha, like=loaded)
@@ -145,7 +241,6 @@ def run_upscale(pipe, image, out_dir, *, name: str | None = None, scale: float |
 
     run = pipe.last_run
     s = run["settings"]
-    h, w = loaded.rgb.shape[:2]
     settings = dict(
         model=model_label, input=dict(name=name, size=[w, h]), output=dict(size=list(result.size)),
         scale=scale if scale is not None else pipe.model.config.scale, preset=preset or "default",
@@ -187,10 +282,13 @@ def _one_line(e: BaseException) -> str:
 
 def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAULT_MAX_UPLOAD_MB,
               max_pixels: int | None = DEFAULT_MAX_PIXELS, tagger: Callable | None = None, device: str = "auto",
-              workdir: str | Path | None = None):
+              workdir: str | Path | None = None, limits: Limits = LIMITS):
     """The page as a `gr.Blocks` (queued, not launched). `pipeline_or_path`: a `LinearSR`, or a model name or
     folder loaded on `device`. `tagger`: callable PIL image -> tags (see `tags.load_tagger`) that pre-fills
-    the tags box on upload. `workdir`: the temporary folder for uploads and results (default: a new one)."""
+    the tags box on upload. `workdir`: the temporary folder for uploads and results (default: a new one).
+    `limits`: what a request may ask for (page controls and server checks alike).
+    The returned Blocks carries `linearsr_stop` (a threading.Event: set it to end the running job at its
+    next step) and `linearsr_busy` (a lock held while a job runs)."""
     from .colorfix import COLOR_FIXES
     from .pipeline import LinearSR, parse_tags, resolve_settings
 
@@ -211,21 +309,46 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
         parts = [_bytes(max_bytes) if max_bytes else None, _pixels(max_pixels) if max_pixels else None]
         return " and ".join(p for p in parts if p) or "none"
 
+    stop = threading.Event()   # set by serve() when the server stops: the running job ends at its next step
+    busy = threading.Lock()    # held while a job runs, so serve() can wait for it before tearing down
+
     def on_run(image, scale, preset, steps, guidance, tags, seed, color_fix, progress=gr.Progress()):
+        # preprocess=False: these are the raw values of the request, whatever the page's controls allow
+        try:
+            req = check_request(scale=scale, preset=preset, steps=steps, guidance=guidance, tags=tags, seed=seed,
+                                color_fix=color_fix, limits=limits)
+        except ValueError as e:
+            raise gr.Error(_one_line(e), print_exception=False) from None
         path, name = _upload(image)
         if path is None:
             raise gr.Error("Drop or pick an image first.", print_exception=False)
         progress(0.0, desc="Loading")
+        deadline = time.monotonic() + limits.job_seconds
+        watch = _ClientWatch(demo)
+
+        def should_stop() -> str | None:
+            if stop.is_set():
+                return "the server is stopping"
+            if watch.gone():
+                return "the client went away"
+            if time.monotonic() > deadline:
+                return f"over the {limits.job_seconds:g} s time limit per job"
+            return None
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Sampling", unit="steps")
 
         try:
-            r = run_upscale(pipe, path, results, name=name, scale=float(scale), preset=preset, steps=int(steps),
-                            guidance=float(guidance), tags=tags or None, seed=int(seed or 0), color_fix=color_fix,
-                            max_upload_bytes=max_bytes, max_pixels=max_pixels, progress=report, model_label=label)
+            with busy:
+                r = run_upscale(pipe, path, results, name=name, scale=req["scale"], preset=req["preset"],
+                                steps=req["steps"], guidance=req["guidance"], tags=req["tags"], seed=req["seed"],
+                                color_fix=req["color_fix"], max_upload_bytes=max_bytes, max_pixels=max_pixels,
+                                progress=report, model_label=label, max_output_pixels=limits.output_pixels,
+                                should_stop=should_stop)
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
             raise gr.Error(_one_line(e), print_exception=False) from None
+        finally:
+            prune_results(results)
         for note in r.notes:
             gr.Warning(note)
         w, h = r.size
@@ -252,19 +375,22 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
                 image = gr.Image(label="Input image", type="filepath", image_mode=None,
                                  sources=["upload", "clipboard"], height=300, elem_id="input-image")
                 with gr.Row():
-                    scale_in = gr.Slider(*SCALE_RANGE[:2], value=native, step=SCALE_RANGE[2], label="Scale",
+                    scale_in = gr.Slider(*limits.scale[:2], value=native, step=limits.scale[2], label="Scale",
                                          elem_id="scale")
                     preset_in = gr.Radio(PRESET_CHOICES, value="default", label="Preset", elem_id="preset",
                                          info="fidelity: close to the input; realism: more detail")
                 with gr.Row():
-                    steps_in = gr.Slider(1, 50, value=int(start["steps"]), step=1, label="Steps", elem_id="steps")
-                    guidance_in = gr.Slider(1.0, 10.0, value=float(start["guidance"]), step=0.5,
+                    steps_in = gr.Slider(*limits.steps[:2], value=int(start["steps"]), step=limits.steps[2],
+                                         label="Steps", elem_id="steps")
+                    guidance_in = gr.Slider(*limits.guidance[:2], value=float(start["guidance"]), step=limits.guidance[2],
                                             label="Guidance (1 = off; needs tags)", elem_id="guidance")
                 tags_in = gr.Textbox(label="Tags", placeholder="cat, grass, wooden fence", elem_id="tags",
+                                     max_length=limits.tags_chars,
                                      info="comma-separated objects in the picture" +
                                           ("; suggested by the tagger on upload" if tagger else ""))
                 with gr.Row():
-                    seed_in = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                    seed_in = gr.Number(value=0, precision=0, label="Seed", elem_id="seed", minimum=limits.seed[0],
+                                        maximum=limits.seed[1])
                     color_in = gr.Radio(list(COLOR_FIXES), value=start["color_fix"], label="Colour fix",
                                         elem_id="color-fix")
                 run_btn = gr.Button("Upscale", variant="primary", elem_id="run")
@@ -287,7 +413,38 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.linearsr_workdir = workdir
     demo.linearsr_pipeline = pipe
+    demo.linearsr_stop, demo.linearsr_busy = stop, busy
     return demo
+
+
+class _ClientWatch:
+    """Whether the Gradio event running this job is still wanted. Gradio marks an event dead when its client
+    disconnects, and /cancel drops it from the active jobs (cancelling its asyncio task), but neither can
+    stop the worker thread that runs the model, so the job asks here after every step. This reads Gradio's
+    queue internals: if they change shape, or the event was never seen, it answers False (never a false
+    stop), and the per-job time limit still bounds the work."""
+
+    def __init__(self, demo) -> None:
+        self.demo, self.seen = demo, False
+        try:
+            from gradio.context import LocalContext
+
+            self.event_id = LocalContext.event_id.get(None)  # the worker thread runs in the event's context
+        except Exception:
+            self.event_id = None
+
+    def gone(self) -> bool:
+        if not self.event_id:
+            return False
+        try:
+            for jobs in self.demo._queue.active_jobs:
+                for event in jobs or ():
+                    if event._id == self.event_id:
+                        self.seen = True
+                        return not event.alive
+        except Exception:
+            return False
+        return self.seen  # seen running before, no longer among the active jobs: cancelled
 
 
 def _interrupt(signum, frame):
@@ -296,7 +453,8 @@ def _interrupt(signum, frame):
 
 def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           max_upload_mb: float | None = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-          tagger: str | Callable | None = None, block: bool = True, quiet: bool = False):
+          tagger: str | Callable | None = None, block: bool = True, quiet: bool = False,
+          limits: Limits = LIMITS):
     """Build the app and launch it on http://host:port (127.0.0.1 unless told otherwise). `model`: a name, a
     folder or a `LinearSR`. `tagger`: "module:callable", an entry-point name or a callable. block=True serves
     until Ctrl-C and then removes the temporary folder; block=False returns the running `gr.Blocks` (call
@@ -308,20 +466,37 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing of ours is fetched from the Hub while serving
     workdir = Path(tempfile.mkdtemp(prefix="linearsr-serve-"))
     atexit.register(shutil.rmtree, workdir, True)
+    demo = None
     try:
         demo = build_app(model, max_upload_mb=max_upload_mb, max_pixels=max_pixels, tagger=tagger, device=device,
-                         workdir=workdir)
-        wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=quiet,
+                         workdir=workdir, limits=limits)
+        # quiet=True always: Gradio's banner tells people to "set share=True", a tunnel this app never opens;
+        # the one line below says what matters instead.
+        wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=True,
                       prevent_thread_lock=not block, max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
                       ssr_mode=False, mcp_server=False, pwa=False, show_error=True)
         accepted = inspect.signature(demo.launch).parameters
         if block and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C, temp folder removed
+        if not quiet:
+            shown = "localhost" if host in ("127.0.0.1", "::1") else host
+            print(f"LinearSR page on http://{shown}:{int(port)} (Ctrl-C to stop)", flush=True)
         demo.launch(**{k: v for k, v in wanted.items() if k in accepted})
     except BaseException:
+        if demo is not None:
+            _stop_jobs(demo)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     if block:
+        _stop_jobs(demo)
         demo.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return demo
+
+
+def _stop_jobs(demo, wait_s: float = 30.0) -> None:
+    """Ask a running job to end at its next step and wait for it, so the interpreter never exits with a
+    worker thread still inside torch (which aborted with "terminate called without an active exception")."""
+    demo.linearsr_stop.set()
+    if demo.linearsr_busy.acquire(timeout=wait_s):
+        demo.linearsr_busy.release()

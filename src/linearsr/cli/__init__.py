@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 
@@ -17,8 +18,15 @@ from .. import __version__
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for people ("linearsr: warning: ..."), not Python's file:line: UserWarning form."""
+    click.echo(f"linearsr: warning: {' '.join(str(message).split())}", err=True)
+
+
 class FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        if not os.environ.get("LINEARSR_DEBUG"):
+            warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -46,7 +54,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana"):
+    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana", "span"):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as e:  # a command module not written yet, never a missing dependency

@@ -1,5 +1,6 @@
 """`linearsr bench`: speed, FLOPs and memory of the backbone across output sizes, linear vs softmax
-attention, with Real-ESRGAN x4plus as the peer. Writes a JSON file and a log-log plot on request."""
+attention, with Real-ESRGAN x4plus and SPAN alone (the prior) as the peers. Writes a JSON file and a log-log
+plot on request."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def format_breakdown(part: dict) -> str:
 
 
 def plot(result: dict, path: str | Path) -> None:
-    """Log-log time against output pixels: linear and softmax (1 forward, whole upscale), Real-ESRGAN."""
+    """Log-log time against output pixels: linear and softmax (1 forward, whole upscale), the peers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,9 +52,13 @@ def plot(result: dict, path: str | Path) -> None:
             pts = [(r["megapixels"], r[key]) for r in result["rows"] if r["attention"] == att and r[key]]
             if pts:
                 ax.plot(*zip(*pts), style, color=colour, label=f"{att} attention, {what}")
-    pts = [(r["megapixels"], r["total_s"]) for r in result["peers"] if r["total_s"]]
-    if pts:
-        ax.plot(*zip(*pts), "s-", color="tab:green", label="Real-ESRGAN x4plus (ncnn, CPU)")
+    peer_style = {"realesrgan-x4plus": ("s-", "tab:green", "(ncnn, CPU)")}
+    for name in dict.fromkeys(r["name"] for r in result["peers"]):
+        rows = [r for r in result["peers"] if r["name"] == name]
+        pts = [(r["megapixels"], r["total_s"]) for r in rows if r["total_s"]]
+        style, colour, how = peer_style.get(name, ("d-", "tab:purple", "(torch, CPU)"))
+        if pts:
+            ax.plot(*zip(*pts), style, color=colour, label=f"{rows[0]['label']} {how}")
     lin = [(r["megapixels"], r["nfe1_s"]) for r in result["rows"] if r["attention"] == "linear" and r["nfe1_s"]]
     if lin:
         xs = [lin[0][0], max(r["megapixels"] for r in result["rows"])]
@@ -89,7 +94,8 @@ def plot(result: dict, path: str | Path) -> None:
               help="Write the full results here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a log-log time-vs-pixels plot here (PNG).")
-@click.option("--peers/--no-peers", default=True, help="Also time Real-ESRGAN x4plus (if installed).")
+@click.option("--peers/--no-peers", default=True,
+              help="Also time Real-ESRGAN x4plus (if installed) and SPAN alone at the model's scale.")
 @click.option("--peer-sizes", default="", help="Output sides for the peers; empty = the --sizes up to 1024.")
 @click.option("--isolate/--no-isolate", default=True,
               help="Measure each configuration in a fresh child process (honest peak memory).")
@@ -117,7 +123,7 @@ def bench(model, size_name, sizes, attention, steps, device, precision, compile_
     for row in result["rows"]:
         click.echo(format_row(row))
     for row in result["peers"]:
-        click.echo(f"Real-ESRGAN x4plus {row['size']:>5}px: " + (
+        click.echo(f"{row['label']} {row['size']:>5}px: " + (
             f"{row['total_s']:.3f} s ({row['s_per_mp']:.3f} s/MP)" if row["total_s"] else f"skipped ({row['skipped_reason']})"))
     for part in result["breakdown"].values():
         click.echo(format_breakdown(part))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..degradation_kinds import KINDS
 from . import CONTEXT
 
 
@@ -16,13 +17,15 @@ from . import CONTEXT
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data/demo"),
               help="Where `linearsr data fetch-demo` put the demo photos (used with --data demo).")
 @click.option("--scale", type=click.IntRange(min=2), default=4, help="Upscaling factor (HR side / LR side).")
-@click.option("--degradation", type=click.Choice(["bicubic", "realistic"]), default="bicubic",
-              help="How the LR input is made from the HR (realistic = seeded Real-ESRGAN-style pipeline).")
+@click.option("--degradation", type=click.Choice(KINDS), default="bicubic",
+              help="How the LR input is made from the HR: bicubic (clean), mild (light blur, noise and JPEG) "
+                   "or realistic (Real-ESRGAN's second-order pipeline); seeded per image.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Sampling steps for LinearSR. Default: the preset's (pipeline), else 1.")
 @click.option("--preset", default=None, help="Pipeline preset (e.g. fidelity, realism). Default: the pipeline defaults.")
-@click.option("--baselines", default="bicubic,lanczos,realesrgan",
-              help="Comma-separated baselines from bicubic, lanczos, realesrgan ('' for none).")
+@click.option("--baselines", default="bicubic,lanczos,realesrgan,span",
+              help="Comma-separated baselines from bicubic, lanczos, realesrgan, span ('' for none); "
+                   "span = SPAN alone, the restoration prior under the product model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-results"),
               help="Folder for metrics.json, metrics.csv, report.md and side-by-side crops.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images (sorted).")
@@ -38,9 +41,10 @@ from . import CONTEXT
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, out, limit, crop, seed, device,
              precision, side_by_side, save_images, quiet) -> None:
-    """Evaluate a model against bicubic, Lanczos and Real-ESRGAN on degraded HR photos.
+    """Evaluate a model against bicubic, Lanczos, Real-ESRGAN and SPAN alone on degraded HR photos.
 
-    Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, NIQE, BRISQUE, time and peak memory.
+    Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
+    HR, > 1 grainier), NIQE, BRISQUE, time and peak memory.
     LPIPS, DISTS, MUSIQ, MANIQA and CLIPIQA need network weights and are not supported yet."""
     from ..evaluate import COLUMNS, evaluate
 
@@ -52,7 +56,7 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     click.echo(f"{len(res['images'])} image(s), x{scale} {degradation}; means:")
     for m in res["methods"]:
         vals = res["mean"][m]
-        parts = [f"{COLUMNS[k][0]} {v:.4g}" for k, v in vals.items() if v is not None]
+        parts = [f"{title} {vals[k]:.4g}" for k, (title, _) in COLUMNS.items() if vals.get(k) is not None]
         click.echo(f"  {m:<11} " + ", ".join(parts))
     for note in res["notes"]:
         click.echo(f"note: {note}")

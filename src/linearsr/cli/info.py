@@ -26,7 +26,8 @@ def info(model: str, as_json: bool) -> None:
         "architecture": {k: getattr(c, k) for k in ("depth", "width", "heads", "mlp_ratio", "patch_size",
                                                      "attention", "cross_attention", "cond_dim", "scale", "codec",
                                                      "codec_factor", "latent_channels", "stem_channels",
-                                                     "residual", "prediction", "shift")},
+                                                     "base", "base_condition", "degradation_condition",
+                                                     "prediction", "shift")},
         "experts": c.num_experts,
         "params_per_expert": count_parameters(m.experts[0]),
         "params_total": count_parameters(m.experts),
@@ -40,9 +41,11 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"{path}")
     click.echo(f"  backbone   {a['depth']} blocks, width {a['width']}, {a['heads']} heads, MLP x{a['mlp_ratio']}, "
                f"{a['attention']} attention{', tag cross-attention' if a['cross_attention'] else ''}")
+    base = "" if a["base"] == "none" else f", residual over the {a['base']} base"
+    base += " (seen by the backbone)" if a["base_condition"] else ""
+    base += ", degradation-conditioned" if a["degradation_condition"] else ""
     click.echo(f"  task       x{a['scale']} super-resolution, {a['codec']} codec /{a['codec_factor']} "
-               f"({a['latent_channels']} channels), {a['prediction']} prediction"
-               f"{', residual over bicubic' if a['residual'] else ''}, shift {a['shift']}")
+               f"({a['latent_channels']} channels), {a['prediction']} prediction{base}, shift {a['shift']}")
     click.echo(f"  parameters {report['params_per_expert'] / 1e6:.2f} M per expert, "
                f"{report['params_total'] / 1e6:.2f} M in all ({c.num_experts} expert{'s' * (c.num_experts > 1)})")
     for row in report["intervals"]:

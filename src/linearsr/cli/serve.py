@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from . import CONTEXT
@@ -23,13 +25,16 @@ from . import CONTEXT
               help="Refuse uploads larger than this many megabytes (0 = no limit).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=16_000_000, metavar="N",
               help="Refuse images with more pixels than this, checked before decoding (0 = no limit).")
+@click.option("--max-job-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0, metavar="S",
+              help="Stop a job that runs longer than this (checked after every sampling step).")
 @click.option("--tagger", default=None, metavar="MODULE:CALLABLE",
               help="Tagger plug-in (or entry-point name in linearsr.taggers) that pre-fills the tags on upload.",
               show_default="none")
-def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pixels, tagger) -> None:
+def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pixels, max_job_seconds,
+          tagger) -> None:
     """Serve a local web page for upscaling one image at a time (Ctrl-C to stop)."""
     from ..checkpoint import load_config
-    from ..web import serve as run_server
+    from ..web import LIMITS, serve as run_server
 
     load_config(model)  # a wrong --model or --tagger fails in one line before gradio is even imported
     if tagger is not None:
@@ -49,7 +54,8 @@ def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pix
             click.echo("linearsr: compiling the model (once, before the page opens)...", err=True)
             model.warm_up()
     run_server(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb or None,
-               max_pixels=max_pixels or None, tagger=tagger)
+               max_pixels=max_pixels or None, tagger=tagger,
+               limits=dataclasses.replace(LIMITS, job_seconds=max_job_seconds))
 
 
 COMMANDS = [serve]

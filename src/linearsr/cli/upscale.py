@@ -12,7 +12,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +23,9 @@ import click
 
 from . import CONTEXT
 
+# What runs without --preset, as the help shows it. pipeline.DEFAULTS is the truth, but importing it here
+# would load torch for `--help`; tests/test_hardening_cli.py fails when the two disagree.
+DEFAULTS = dict(steps=1, guidance=1.0, color_fix="none")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
 
@@ -65,7 +70,18 @@ def _looks_like_output(path: Path, suffix: str) -> bool:
     if not stem.endswith(suffix):
         return False
     base = stem[: -len(suffix)]
+    if Path(base).suffix.lower() in IMAGE_SUFFIXES and (path.parent / base).is_file():
+        return True  # NAME.EXT_x4.png: the name given when two inputs would collide (see plan_outputs)
     return any((path.parent / f"{base}{s}").exists() for s in IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES})
+
+
+def _key(path: Path) -> Path:
+    """A path's identity for de-duplication. A symbolic link loop cannot be resolved: its absolute path
+    stands in, so the loop gets its own one-line error instead of aborting the whole batch."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = None) -> list[tuple[Path, Path | None]]:
@@ -82,19 +98,19 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
             rel = f.relative_to(folder)
             if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts)
                     and not _looks_like_output(f, suffix)
-                    and not (excluded is not None and excluded in f.resolve().parents)):
-                found.setdefault(f.resolve(), (f, folder))
+                    and not (excluded is not None and excluded in _key(f).parents)):
+                found.setdefault(_key(f), (f, folder))
 
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
             walk(p)
-        elif p.exists() or not glob.has_magic(arg):
-            found.setdefault(p.resolve(), (p, None))
+        elif p.exists() or p.is_symlink() or not glob.has_magic(arg):
+            found.setdefault(_key(p), (p, None))
         else:
             for match in sorted(glob.glob(arg, recursive=True)):
                 m = Path(match)
-                walk(m) if m.is_dir() else found.setdefault(m.resolve(), (m, None))
+                walk(m) if m.is_dir() else found.setdefault(_key(m), (m, None))
     return sorted(found.values(), key=lambda item: str(item[0]))
 
 
@@ -107,8 +123,9 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
 @click.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", "output", default=None,
-              help="Output file (one input) or folder (several inputs, or a path ending in /). "
-                   "Default: next to each input as NAME_x4.png.", show_default="next to the input")
+              help="Output file (one input, a name with an image extension) or folder (several inputs, a path "
+                   "ending in /, or a name without extension). Default: next to each input as NAME_x4.png.",
+              show_default="next to the input")
 @click.option("--model", default="default", metavar="NAME|PATH", help="Bundled model name or model folder.")
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Overall enlargement, any factor (e.g. 3 or 2.5).", show_default="the model's native factor")
@@ -116,15 +133,15 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Make the longer output side N pixels (instead of --scale).", show_default="not set")
 @click.option("--preset", type=click.Choice(["fidelity", "realism"]), default=None,
               help="fidelity: 1 step, no guidance, close to the input; realism: more steps, guidance, detail.",
-              show_default="none: steps 4, guidance 1, wavelet colour fix")
+              show_default="none: steps {steps}, guidance {guidance:g}, colour fix {color_fix}".format(**DEFAULTS))
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps per pass.",
-              show_default="from the preset, else 4")
+              show_default=f"from the preset, else {DEFAULTS['steps']}")
 @click.option("--guidance", type=float, default=None, help="Tag guidance scale (1 = none; needs --tags).",
-              show_default="from the preset, else 1")
+              show_default=f"from the preset, else {DEFAULTS['guidance']:g}")
 @click.option("--tags", default=None, help='Comma-separated object tags, e.g. "cat, grass".', show_default="none")
 @click.option("--seed", type=int, default=0, help="Random seed; the same seed gives the same output.")
 @click.option("--color-fix", type=click.Choice(["wavelet", "adain", "none"]), default=None,
-              help="Pull colours back to the input's.", show_default="from the preset, else wavelet")
+              help="Pull colours back to the input's.", show_default=f"from the preset, else {DEFAULTS['color_fix']}")
 @click.option("--tile", type=_AutoOrInt(("auto", "off"), 16), default="auto",
               help="Tile side in output pixels, auto (tiles only when memory requires), or off.")
 @click.option("--overlap", type=_AutoOrInt(("auto",), 0), default="auto",
@@ -163,9 +180,14 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
     if not files:
         raise click.UsageError("no input images found")
     as_folder = out_path is not None and (len(files) > 1 or out_path.is_dir() or output.endswith(("/", os.sep))
-                                          or any(root is not None for _, root in files))
+                                          or any(root is not None for _, root in files)
+                                          or (not out_path.exists() and not out_path.suffix))  # "-o out2"
     if out_path is not None and as_folder and out_path.is_file():
         raise click.UsageError(f"-o {output}: several inputs need an output folder, and this is a file")
+    if out_path is not None and as_folder and not out_path.exists() and out_path.suffix.lower() in IMAGE_SUFFIXES:
+        raise click.UsageError(f"-o {output}: {len(files)} inputs need an output folder, and this names an image "
+                               f"file; give a folder (e.g. -o outputs/)")
+    targets = plan_outputs(files, out_path, as_folder, suffix, fmt, imageio)
 
     rank, world = _rank_world()
     mine = files[rank::world]
@@ -179,6 +201,9 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
 
     from tqdm import tqdm
 
+    if threading.current_thread() is threading.main_thread():
+        # `kill` unwinds like Ctrl-C, so the output being written removes its temp file instead of leaving it
+        signal.signal(signal.SIGTERM, _terminate)
     done, failed = 0, 0
     file_bar = tqdm(total=len(mine), unit="img", disable=not bars, file=sys.stderr, dynamic_ncols=True)
     with warnings.catch_warnings():
@@ -186,9 +211,12 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
         for path, root in mine:
             start = time.perf_counter()
             try:
-                dest = _destination(path, root, out_path, as_folder, suffix, fmt, imageio)
+                dest = targets[path]
+                if isinstance(dest, Exception):
+                    raise dest
                 if dest.exists() and not overwrite:
-                    raise imageio.ImageError(str(dest), "output exists; pass --overwrite to replace it")
+                    raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
+                _check_writable(dest, imageio)  # before the model runs, not after
                 loaded = imageio.load_image(path, max_pixels=max_pixels or None)
                 step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
                                 desc=path.name, dynamic_ncols=True)
@@ -231,10 +259,49 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
         sys.exit(1)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imageio) -> dict:
+    """{input: output path, or the ImageError to report for it}, decided before any work. Two inputs that
+    would share an output (img.bmp and img.webp -> img_x4.png) both keep their extension in the name
+    instead (img.bmp_x4.png, img.webp_x4.png), so neither fails and neither overwrites the other."""
+    targets: dict = {}
+    for path, root in files:
+        try:
+            targets[path] = _destination(path, root, out_path, as_folder, suffix, fmt, imageio)
+        except imageio.ImageError as e:
+            targets[path] = e
+        except (OSError, RuntimeError) as e:  # an unreadable path: its own line, the batch goes on
+            targets[path] = imageio.ImageError(str(path), " ".join(str(e).split()) or type(e).__name__)
+    seen: dict = {}
+    for path, dest in targets.items():
+        if not isinstance(dest, Exception):
+            seen.setdefault(_key(dest), []).append(path)
+    for clash in (paths for paths in seen.values() if len(paths) > 1):
+        for path in clash:
+            dest = targets[path]
+            renamed = dest.with_name(f"{path.name}{suffix}{dest.suffix}")
+            taken = [p for p in seen if p == _key(renamed)]
+            targets[path] = renamed if not taken else imageio.ImageError(
+                str(path), f"its output {dest.name} is shared with {', '.join(str(p) for p in clash if p != path)}")
+    return targets
+
+
+def _check_writable(dest: Path, imageio) -> None:
+    """Refuse an output whose folder cannot be written, before spending model time on it."""
+    folder = dest.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise imageio.ImageError(str(dest), f"cannot write: {folder} is not writable")
 
 
 def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str, fmt: str,
