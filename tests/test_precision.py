@@ -143,3 +143,18 @@ def test_allocator_tuning_is_idempotent_and_releases_only_large_growth():
     del x  # freed but kept by the heap for the next image
     assert runtime.release_memory(keep_bytes=1 << 30) is False  # small growth: kept
     assert runtime.release_memory(keep_bytes=16 * 2**20) is True  # past the allowance: handed back
+
+
+def test_cpu_pipeline_bands_the_mix_ffn_whatever_the_memory(tiny_model, monkeypatch):
+    """On a CPU the Mix-FFN always runs in bands of CPU_FFN_ROWS token rows (faster and a smaller heap), with
+    the same result as the whole grid."""
+    from linearsr import pipeline
+
+    sr = LinearSR(tiny_model, device="cpu", precision="fp32")
+    assert sr._plan(1024, 1024, "off", None, budget=2**40, batch=1)["ffn_chunk_rows"] == pipeline.CPU_FFN_ROWS
+    img = _photo_like(48, 40)  # x4 with the tiny codec (4x): a 48-row token grid, more than one band
+    banded, _ = sr.enhance_arrays(img, steps=1)
+    assert sr.last_run["plans"][0]["ffn_chunk_rows"] == pipeline.CPU_FFN_ROWS
+    monkeypatch.setattr(pipeline, "CPU_FFN_ROWS", 10**6)  # one band = the whole grid
+    whole, _ = sr.enhance_arrays(img, steps=1)
+    assert np.abs(banded - whole).max() < 1e-5
