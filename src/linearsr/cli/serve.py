@@ -19,7 +19,7 @@ from . import CONTEXT
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
 @click.option("--compile/--no-compile", "compile_", default=False,
-              help="torch.compile the model and warm it up before serving: each image is then faster (1.8x "
+              help="torch.compile the model and warm it up before serving: each image is then faster (1.6x "
                    "at 1 MP on a CPU), at the price of a slower start (20-40 s on a 2-core CPU).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0), default=20.0, metavar="MB",
               help="Refuse uploads larger than this many megabytes (0 = no limit).")
