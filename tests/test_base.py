@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 from conftest import randomize, tiny_config
 from linearsr.checkpoint import WEIGHTS_NAME, CheckpointError, load_pretrained
 from linearsr.config import ModelConfig
-from linearsr.data import degradation_kind, degradation_mix
+from linearsr.data import degradation_kind
 from linearsr.degradation_level import estimate_degradation, parse_degradation
 from linearsr.degradations import degrade
 from linearsr.model import LinearSRModel
@@ -168,11 +168,11 @@ def test_mild_degradation_is_seeded_and_milder_than_realistic():
 
 def test_weighted_mix_is_normalised_and_drawn_in_proportion():
     cfg = DataConfig(degradation="bicubic:1,mild:2,realistic:1")
-    assert degradation_mix(cfg) == {"bicubic": 0.25, "mild": 0.5, "realistic": 0.25}
+    assert cfg.degradation_mix() == {"bicubic": 0.25, "mild": 0.5, "realistic": 0.25}
     rng = np.random.default_rng(0)
     draws = [degradation_kind(cfg, rng) for _ in range(4000)]
     assert abs(draws.count("mild") / 4000 - 0.5) < 0.03
-    assert degradation_mix(DataConfig(degradation="mixed", realistic_prob=0.3)) == {"bicubic": 0.7, "realistic": 0.3}
+    assert DataConfig(degradation="mixed", realistic_prob=0.3).degradation_mix() == {"bicubic": 0.7, "realistic": 0.3}
     for bad in ("bicubic:0", "foggy", "mild:x"):
         with pytest.raises(ValueError, match="data.degradation"):
-            degradation_mix(DataConfig(degradation=bad))
+            DataConfig(degradation=bad).degradation_mix()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .degradations import KINDS, degrade
+from .degradations import degrade
 from .train_config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -104,28 +104,8 @@ def make_pair(img: np.ndarray, rng: np.random.Generator, crop: int, scale: int, 
     return hr * 2 - 1, lr * 2 - 1
 
 
-def degradation_mix(cfg: DataConfig) -> dict[str, float]:
-    """The share of each degradation kind: one kind, "mixed" (bicubic/realistic by realistic_prob), or a
-    weighted list such as "bicubic:0.3,mild:0.4,realistic:0.3" (weights are normalised)."""
-    spec = cfg.degradation
-    if spec == "mixed":
-        return {"bicubic": 1 - cfg.realistic_prob, "realistic": cfg.realistic_prob}
-    mix = {}
-    for item in spec.split(","):
-        kind, _, weight = item.strip().partition(":")
-        try:
-            mix[kind] = float(weight) if weight else 1.0
-        except ValueError:
-            mix[kind] = -1.0
-        if kind not in KINDS or not mix[kind] > 0:
-            raise ValueError(f"data.degradation {spec!r}: use one of {', '.join(KINDS)}, 'mixed', or a list "
-                             f"like 'bicubic:0.3,mild:0.4,realistic:0.3' with positive weights")
-    total = sum(mix.values())
-    return {k: w / total for k, w in mix.items()}
-
-
 def degradation_kind(cfg: DataConfig, rng: np.random.Generator) -> str:
-    mix = degradation_mix(cfg)
+    mix = cfg.degradation_mix()
     r = rng.random() if len(mix) > 1 else 0.0
     if cfg.degradation == "mixed":  # the draw of earlier runs, so that they resume on the same data
         return "realistic" if r < cfg.realistic_prob else "bicubic"
@@ -167,7 +147,7 @@ def fixed_validation_set(pool: PhotoPool, cfg: DataConfig, scale: int, seed: int
     """`cfg.val_crops` crops from held-out photos, positions and degradations frozen by `seed`: the same
     set for every run and every resume, so curves are comparable. A mix cycles through its kinds."""
     hrs, lrs, names, crop_kinds = [], [], [], []
-    kinds = list(degradation_mix(cfg))
+    kinds = list(cfg.degradation_mix())
     for k in range(cfg.val_crops):
         rng = np.random.default_rng(seed_for("val", seed, k))
         i = k % len(pool)

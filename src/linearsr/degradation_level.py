@@ -8,8 +8,10 @@ LR image alone (the same way in training and at inference, so there is no gap), 
   response of a Laplacian-difference mask that cancels smooth image structure, in 8-bit grey levels / 10.
 - blur: how much of the gradient survives a further 3x3 binomial blur (Crete-Roffet et al.'s idea, 2007):
   near 1 for an already blurred image, lower for a sharp one.
-- jpeg: 8x8 blockiness: the strongest of the eight column (and row) phases of the absolute neighbour
-  difference over their median, minus 1. Taking the strongest phase makes it independent of the crop offset.
+- jpeg: JPEG's quantisation trace: the share of high-frequency DCT coefficients that are near zero in the
+  textured 8x8 blocks of the image's grid. Measured on 32 px LR training crops, its median is 0.46 for clean
+  (bicubic) inputs and 0.87 / 0.75 for mild / realistic ones; the hand-made noise and blur levels separate the
+  kinds far less on crops that small, which is why the network also sees the LR image itself.
 
 Values are roughly in [0, 1] for everyday inputs; they are clamped to [0, 4] so an odd image cannot push the
 network far outside what it saw in training.
@@ -50,19 +52,32 @@ def blur_level(grey: torch.Tensor) -> torch.Tensor:
     return grad(blurred) / (grad(grey) + 1e-3)
 
 
-def jpeg_level(grey: torch.Tensor) -> torch.Tensor:
-    def along(diff: torch.Tensor, dim: int) -> torch.Tensor:
-        n = diff.shape[dim] // 8 * 8
-        if n < 16:
-            return torch.zeros(diff.shape[0], device=diff.device)
-        d = diff.narrow(dim, 0, n)
-        d = d.unflatten(dim, (n // 8, 8))  # phase is the last of the two new dims
-        phases = d.mean(dim=tuple(i for i in range(1, d.ndim) if i != dim + 1))
-        return phases.max(dim=1).values / (phases.median(dim=1).values + 1e-3) - 1
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float32)
+    m = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m
 
-    dx = (grey[..., :, 1:] - grey[..., :, :-1]).abs()
-    dy = (grey[..., 1:, :] - grey[..., :-1, :]).abs()
-    return 0.5 * (along(dx, 3) + along(dy, 2))
+
+_HIGH = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) >= 5  # the high-frequency half of a block
+TEXTURE = 40.0  # sum of |AC| in 8-bit units above which a block has detail that JPEG would have to quantise
+
+
+def jpeg_level(grey: torch.Tensor) -> torch.Tensor:
+    """The share of near-zero high-frequency DCT coefficients in the textured 8x8 blocks of the image's
+    grid (JPEG's block grid starts at the image's corner): JPEG quantises them to zero, a clean image keeps
+    them. 0 where the image has no textured block."""
+    b, _, h, w = grey.shape
+    h8, w8 = h // 8 * 8, w // 8 * 8
+    if h8 == 0 or w8 == 0:
+        return torch.zeros(b, device=grey.device)
+    d = _dct_matrix().to(grey.device)
+    blocks = grey.round()[:, 0, :h8, :w8].unfold(1, 8, 8).unfold(2, 8, 8).reshape(b, -1, 8, 8) - 128
+    coef = d @ blocks @ d.T
+    ac_energy = coef.abs().sum((-1, -2)) - coef[..., 0, 0].abs()
+    textured = (ac_energy > TEXTURE).float()
+    near_zero = (coef.abs() < 0.6)[..., _HIGH.to(grey.device)].float().mean(-1)
+    return (near_zero * textured).sum(1) / textured.sum(1).clamp_min(1)
 
 
 @torch.no_grad()

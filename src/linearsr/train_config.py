@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 
 from .checks import check_fields
 from .config import ModelConfig
+from .degradation_kinds import KINDS
 
 
 @dataclass
@@ -25,7 +26,9 @@ class DataConfig:
     val_crop_size: int = 128
     crop_size: int = 128  # HR training crop
     max_side: int = 1536  # very large photos are downscaled to this long side once, when loaded
-    degradation: str = "mixed"  # "bicubic", "realistic", or "mixed" (each sample one or the other)
+    # One kind ("bicubic", "mild", "realistic"), "mixed" (bicubic/realistic by realistic_prob), or a weighted
+    # list such as "bicubic:0.3,mild:0.4,realistic:0.3" (each sample draws one kind).
+    degradation: str = "mixed"
     realistic_prob: float = 0.5  # for "mixed"
     workers: int = 1
     tags_file: str | None = None  # JSON {"tags": {path: [tags]}, "captions": {...}} (TAG conditioning)
@@ -33,6 +36,24 @@ class DataConfig:
     tag_encoder: str = "minilm"  # or a model folder, or a precomputed cache (`linearsr data tag-cache`)
     tag_dropout: float = 0.1  # trains the unconditional branch used by classifier-free guidance
 
+
+    def degradation_mix(self) -> dict[str, float]:
+        """The share of each degradation kind (weights normalised); a bad spec is one ValueError line."""
+        spec = self.degradation
+        if spec == "mixed":
+            return {"bicubic": 1 - self.realistic_prob, "realistic": self.realistic_prob}
+        mix = {}
+        for item in spec.split(","):
+            kind, _, weight = item.strip().partition(":")
+            try:
+                mix[kind] = float(weight) if weight else 1.0
+            except ValueError:
+                mix[kind] = -1.0
+            if kind not in KINDS or not mix[kind] > 0:
+                raise ValueError(f"data.degradation {spec!r}: use one of {', '.join(KINDS)}, 'mixed', or a "
+                                 f"list like 'bicubic:0.3,mild:0.4,realistic:0.3' with positive weights")
+        total = sum(mix.values())
+        return {k: w / total for k, w in mix.items()}
 
 @dataclass
 class OptimConfig:
@@ -239,7 +260,7 @@ RANGES: dict[str, tuple | set] = {
     "steps": (1, None), "max_minutes": (0, None), "log_every": (1, None),
     "precision": {"auto", "fp32", "bf16"},
     "data.val_holdout": (0, None), "data.val_crops": (1, None), "data.val_crop_size": (1, None),
-    "data.crop_size": (1, None), "data.max_side": (1, None), "data.degradation": {"bicubic", "realistic", "mixed"},
+    "data.crop_size": (1, None), "data.max_side": (1, None), 
     "data.realistic_prob": (0, 1), "data.workers": (0, None), "data.tag_mode": {"tags", "caption", "none"},
     "data.tag_dropout": (0, 1),
     "optim.lr": (0, None, "positive"), "optim.weight_decay": (0, None), "optim.warmup_steps": (0, None),
@@ -254,6 +275,7 @@ RANGES: dict[str, tuple | set] = {
 
 
 def check_ranges(cfg: "TrainConfig") -> None:
+    cfg.data.degradation_mix()  # raises on a bad kind or weight
     for key, rule in RANGES.items():
         node = cfg
         for part in key.split("."):
