@@ -158,3 +158,22 @@ def test_cpu_pipeline_bands_the_mix_ffn_whatever_the_memory(tiny_model, monkeypa
     monkeypatch.setattr(pipeline, "CPU_FFN_ROWS", 10**6)  # one band = the whole grid
     whole, _ = sr.enhance_arrays(img, steps=1)
     assert np.abs(banded - whole).max() < 1e-5
+
+
+def test_warm_up_falls_back_to_eager_when_compilation_fails(tiny_model, monkeypatch):
+    sr = LinearSR(tiny_model, device="cpu", precision="fp32")
+    assert sr.warm_up() > 0 and not sr.compiled  # eager: just one small upscale
+    sr.compiled = True  # as after compile=True, without paying for a real compilation in a unit test
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("inductor: no C compiler")
+        return None, None
+
+    monkeypatch.setattr(sr, "enhance_arrays", flaky)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        sr.warm_up()
+    assert not sr.compiled and len(calls) == 2
+    assert all(getattr(e, "_compiled_call_impl", None) is None for e in tiny_model.experts)

@@ -101,8 +101,8 @@ def plot(result: dict, path: str | Path) -> None:
               help="Measure each configuration in a fresh child process (honest peak memory).")
 @click.option("--breakdown-size", type=click.IntRange(min=0), default=1024,
               help="Output side of the per-layer-type breakdown (0 = none; falls back to the largest measured below it).")
-def bench(model, size_name, sizes, attention, steps, device, precision, compile_, ffn_bands, repeats, warmup, time_cap,
-          json_path, plot_path, peers, peer_sizes, isolate, breakdown_size) -> None:
+def bench(model, size_name, sizes, attention, steps, device, precision, compile_, ffn_bands, repeats, warmup,
+          time_cap, json_path, plot_path, peers, peer_sizes, isolate, breakdown_size) -> None:
     """Benchmark 1-NFE forward and whole-upscale time, FLOPs and peak memory per output size."""
     from ..bench import run_bench
 
@@ -116,8 +116,8 @@ def bench(model, size_name, sizes, attention, steps, device, precision, compile_
 
     result = run_bench(model=model, size=size_name, sizes=_int_list(sizes), attentions=kinds, steps=steps,
                        device=device, precision=precision, compile=compile_, ffn_bands=ffn_bands, repeats=repeats,
-                       warmup=warmup, time_cap=time_cap, peers=peers, peer_sizes=_int_list(peer_sizes) if peer_sizes else None,
-                       isolate=isolate, breakdown_size=breakdown_size or None, log=log)
+                       warmup=warmup, time_cap=time_cap, peers=peers,
+                       peer_sizes=_int_list(peer_sizes) if peer_sizes else None, isolate=isolate, breakdown_size=breakdown_size or None, log=log)
     click.echo(f"{result['model']}: {result['params'] / 1e6:.2f} M parameters; {result['device']}; "
                f"matmul peak {result['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     for row in result["rows"]:
