@@ -7,8 +7,8 @@ companion of train_throughput.py for a shared machine.
 
 With one torch thread every step's compute runs in the main thread, and `time.thread_time()` does not count
 the time the thread waits while other processes hold the CPUs; wall time on a busy 2-core machine can
-vary by several x between minutes. The step is the loop of train.train: model, loss, optimiser and EMA
-built the same way, on real batches of the config's data stream (made up front: the data loader runs in
+vary by several x between minutes. The step is the loop of train.train (base image and degradation conditioning included when the model
+has them): model, loss, optimiser and EMA built the same way, on real batches of the config's data stream (made up front: the data loader runs in
 a worker process during training, 15 ms per batch of 8 here, and is not what is measured). Each
 configuration runs in its own child process (the allocator setting is process-wide), interleaved:
   today    fp32, glibc's default allocator (LINEARSR_MALLOPT=0)
@@ -63,8 +63,12 @@ def child(args) -> dict:
             group["lr"] = lr_at(step, cfg)
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, 0))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            target = model.encode_target(batch["hr"], batch["lr"])
-            loss = loss_fn(model, target, batch["lr"], None, None, generator=gen).mean()
+            cond = model.condition(batch["lr"]) if hasattr(model, "condition") else {}  # as train.train does
+            if "base" in cond:
+                target = model.encode_target(batch["hr"], batch["lr"], base=cond["base"].detach())
+            else:
+                target = model.encode_target(batch["hr"], batch["lr"])
+            loss = loss_fn(model, target, batch["lr"], None, None, generator=gen, **cond).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
