@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import AMP_DTYPES as PRECISIONS  # resolved precision name -> autocast dtype
+from .precision import resolve_precision
 
 
 def proc_status_bytes(field: str) -> int | None:
@@ -160,17 +161,22 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf) -> list[float]:
-    """Wall times of `repeats` calls after `warmup` untimed ones; stops early (>= 1 run) past `budget` s."""
+def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf,
+           thread_cpu: list[float] | None = None) -> list[float]:
+    """Wall times of `repeats` calls after `warmup` untimed ones; stops early (>= 1 run) past `budget` s.
+    `thread_cpu`, when given, receives each call's CPU time of the calling thread (with one torch thread
+    that is all the work, and it does not count time spent descheduled on a shared machine)."""
     for _ in range(warmup):
         fn()
         _sync(device)
     times: list[float] = []
     while len(times) < max(1, repeats) and (not times or sum(times) < budget):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+        if thread_cpu is not None:
+            thread_cpu.append(time.thread_time() - start_cpu)
     return times
 
 
@@ -187,7 +193,15 @@ def measure_config(job: dict) -> dict:
     lr = (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(device)
     x = torch.randn(net.latent_shape(lr), generator=g).to(device)
     t = torch.full((1,), 0.5, device=device)
-    call = torch.compile(net) if job.get("compile") else net
+    if device.type == "cpu" and job.get("ffn_bands", True):  # the pipeline's CPU path: Mix-FFN in row bands
+        from .pipeline import CPU_FFN_ROWS
+
+        for expert in net.experts:
+            expert.ffn_chunk_rows = CPU_FFN_ROWS
+    if job.get("compile"):  # as the pipeline does: per expert, dynamic shapes (routing stays eager)
+        for expert in net.experts:
+            expert.compile(dynamic=True)
+    call = net
 
     def velocity(*a, **k):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -195,10 +209,12 @@ def measure_config(job: dict) -> dict:
 
     budget = job.get("budget", math.inf)
     with torch.no_grad(), PeakMemory(device) as mem:
-        nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2)
+        nfe_cpu: list[float] = []
+        nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2, nfe_cpu)
         total = _timed(lambda: super_resolve(net, lr, steps=job["steps"], velocity=velocity), device,
                        job["repeats"], 0, budget / 2)
-    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "total_s": statistics.median(total),
+    return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "nfe1_thread_cpu_s": statistics.median(nfe_cpu),
+            "total_s": statistics.median(total),
             "total_runs": total, "peak_mem_bytes": mem.cuda_peak_bytes if device.type == "cuda" else mem.peak_rss_bytes,
             "mem_growth_bytes": mem.peak_bytes}
 
@@ -329,12 +345,12 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int =
 # ---- the whole benchmark ------------------------------------------------------------------------------
 ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s_per_mp", "total_s_per_mp", "flops",
             "achieved_flops_per_s", "peak_fraction", "peak_mem_bytes", "mem_growth_bytes", "skipped_reason",
-            "nfe1_runs", "total_runs")  # *_runs: every timed run (the medians above come from them)
+            "nfe1_runs", "total_runs", "nfe1_thread_cpu_s")  # *_runs: every timed run (the medians come from them)
 
 
 def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
               attentions=("linear", "softmax"), steps: int = 1, device: str = "cpu", precision: str = "auto",
-              compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0,
+              compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0, ffn_bands: bool = True,
               peers: bool = True, peer_sizes=None, isolate: bool = True, breakdown_size: int | None = 1024,
               log=None) -> dict:
     """Measure every (size, attention) and the peers; returns the JSON-ready result (see module doc).
@@ -346,7 +362,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     from .model import LinearSRModel
 
     dev = torch.device(device)
-    precision = ("bf16" if dev.type == "cuda" else "fp32") if precision == "auto" else precision
+    precision = resolve_precision(precision, dev)  # auto: bf16 where bf16 matmuls are fast (precision.py)
     base = build_model(model, size, fake=True)
     with FakeTensorMode():
         fake = LinearSRModel(base)
@@ -355,7 +371,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     log(f"matmul peak on {describe_device(dev)}: {peak / 1e9:.1f} GFLOP/s ({precision})")
     load = [os.getloadavg()] if hasattr(os, "getloadavg") else []
     common = dict(model=model, size_name=size, steps=steps, device=str(dev), precision=precision,
-                  compile=compile, repeats=repeats, warmup=warmup, budget=time_cap)
+                  ffn_bands=ffn_bands, compile=compile, repeats=repeats, warmup=warmup, budget=time_cap)
     rows = []
     for att in attentions:
         cfg, rate = base.replace(attention=att), None
@@ -403,10 +419,13 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     load += [os.getloadavg()] if hasattr(os, "getloadavg") else []
     return {"device": describe_device(dev), "model": model or f"random weights, size {size!r}",
             "config": base.to_dict(), "params": params, "params_per_forward": per_forward, "precision": precision,
-            "compile": compile, "steps": steps, "repeats": repeats, "warmup": warmup, "time_cap_s": time_cap,
+            "compile": compile, "ffn_bands": ffn_bands, "steps": steps, "repeats": repeats, "warmup": warmup, "time_cap_s": time_cap,
             "isolated": isolate, "torch": torch.__version__, "load_average_start_end": load,
             "matmul_peak_flops_per_s": peak, "rows": rows, "peers": peer_rows, "breakdown": parts}
 
 
 if __name__ == "__main__":  # child of run_job: one measurement, result on stdout
+    from .runtime import tune_allocator
+
+    tune_allocator()  # as the product does (LINEARSR_MALLOPT=0 measures glibc's default instead)
     print("BENCH_RESULT " + json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)

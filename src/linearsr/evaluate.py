@@ -109,7 +109,8 @@ def core_upscale(model, lr: torch.Tensor, *, steps: int = 1, seed: int = 0, **kw
 class LinearSRRunner:
     """Calls the model on float (h, w, 3) arrays in [0, 1]; pipeline when available, else `core_upscale`."""
 
-    def __init__(self, model, *, device="cpu", steps=None, preset=None, seed=0, scale=None) -> None:
+    def __init__(self, model, *, device="cpu", steps=None, preset=None, seed=0, scale=None,
+                 precision: str = "auto") -> None:
         self.model, self.steps, self.preset, self.seed = model, steps, preset, seed
         self.scale = scale or model.config.scale
         try:
@@ -117,7 +118,7 @@ class LinearSRRunner:
         except ImportError:
             LinearSR = None
         if LinearSR is not None:
-            self.pipe, self.engine = LinearSR(model, device=device), "pipeline"
+            self.pipe, self.engine = LinearSR(model, device=device, precision=precision), "pipeline"
             self.device = self.pipe.device
         else:
             if self.scale != model.config.scale:
@@ -191,7 +192,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
              steps: int | None = None, preset: str | None = None, baselines=DEFAULT_BASELINES,
              out: str | Path | None = None, limit: int | None = None, crop: int | None = None,
              data_root: str | Path = "data/demo", seed: int = 0, device: str = "cpu", side_by_side: int = 3,
-             save_images: bool = False, progress: bool = True) -> dict:
+             save_images: bool = False, progress: bool = True, precision: str = "auto") -> dict:
     """Run the evaluation; returns the results dict (also written to `out` when given).
     `model`: a LinearSRModel, a model folder or a bundled model name."""
     from tqdm import tqdm
@@ -220,7 +221,8 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
             notes.append(f"{BASELINE_LABELS[name]} skipped: {why}")
         else:
             methods[name] = _baseline(name, scale)
-    runner = LinearSRRunner(model, device=device, steps=steps, preset=preset, seed=seed, scale=scale)
+    runner = LinearSRRunner(model, device=device, steps=steps, preset=preset, seed=seed, scale=scale,
+                            precision=precision)
     methods[LINEARSR] = runner
     use_brisque = brisque_available()
     if not use_brisque:

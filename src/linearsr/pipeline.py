@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import imageio
+from . import imageio, runtime
+from .precision import AMP_DTYPES, resolve_precision
 from .colorfix import COLOR_FIXES, apply_color_fix
 from .guidance import guided_velocity
 from .sample import super_resolve
@@ -51,7 +52,11 @@ PRESETS: dict[str, dict] = {
 DEFAULTS: dict = dict(PRESETS["fidelity"])
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resolved per device (precision.py)
+# Token rows per Mix-FFN band on a CPU, whatever the memory: bands of 32 rows are as fast at 1 MP and faster at
+# 4 MP (3.07 vs 3.38 s), and keep the 800-channel hidden activations small enough for the heap to reuse
+# (16 MP peak RSS 3.3 GB instead of 4.7 GB). The result is the same (the band carries its halo rows).
+CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
@@ -142,29 +147,57 @@ class LinearSR:
     """Upscaler around a `LinearSRModel`. `tag_encoder`: callable(list[str]) -> (context (1, L, cond_dim),
     mask (1, L)), or None (tags are then ignored with a warning). `last_run` describes the latest call."""
 
-    def __init__(self, model, device: str | torch.device = "cpu", precision: str = "fp32",
-                 tag_encoder=None, lean: bool = False) -> None:
+    def __init__(self, model, device: str | torch.device = "cpu", precision: str = "auto",
+                 tag_encoder=None, lean: bool = False, compile: bool = False) -> None:
         """tag_encoder: a callable (see the class doc), None, or "auto" = `tags.load_tag_encoder()` loaded
-        the first time tags are given (MiniLM, when installed and the model's cond_dim matches it)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        the first time tags are given (MiniLM, when installed and the model's cond_dim matches it).
+        precision: "auto" (bf16 where the device multiplies bf16 fast, else fp32; see precision.py), "fp32",
+        "bf16" or "fp16" (GPUs). `self.precision` holds the resolved choice. compile: torch.compile each
+        expert with dynamic shapes (one compilation serves every image size and every expert); it pays
+        only over many images (a server, a batch): the first call compiles for tens of seconds on a CPU."""
         self.device = resolve_device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            runtime.tune_allocator()  # large activations reused, not page-faulted anew (runtime.py)
         self.model = model.eval()
         if lean and len(model.experts) > 1:
             model.set_lean(self.device)  # only the active expert on the device
         else:
             model.to(self.device)
+        self.compiled = bool(compile)
+        if compile:
+            for expert in model.experts:  # experts, not the model: its routing reads t's value (a graph break)
+                expert.compile(dynamic=True)
         self.tag_encoder = tag_encoder
         self.last_run: dict = {}
         self._warned: set[str] = set()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
-                        precision: str = "fp32", tag_encoder="auto", **kwargs) -> "LinearSR":
+                        precision: str = "auto", tag_encoder="auto", **kwargs) -> "LinearSR":
         from .model import LinearSRModel
 
         return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
+
+    def warm_up(self) -> float:
+        """One small upscale, so that one-time costs (compilation, kernel selection) are paid now rather
+        than by the first user. If compilation fails (no C compiler, an unsupported platform) the experts
+        go back to eager with a warning. Returns the seconds it took."""
+        start = time.perf_counter()
+        side = max(8, self.model.config.multiple // math.gcd(self.model.config.multiple, self.model.config.scale))
+        probe = np.full((side, side, 3), 0.5, np.float32)
+        try:
+            self.enhance_arrays(probe)
+        except Exception as e:  # noqa: BLE001  (inductor raises many kinds; eager is always a fallback)
+            if not self.compiled:
+                raise
+            for expert in self.model.experts:
+                expert._compiled_call_impl = None  # what nn.Module.compile set; None = eager again
+            self.compiled = False
+            self._warn_once(f"torch.compile failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                            "running eager")
+            self.enhance_arrays(probe)
+        return time.perf_counter() - start
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -229,7 +262,9 @@ class LinearSR:
         if alpha is not None:
             alpha = imageio.resize_rgb(alpha, (tw, th))
         self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=parse_tags(tags),
-                             seconds=time.perf_counter() - start, budget_bytes=budget)
+                             seconds=time.perf_counter() - start, budget_bytes=budget, precision=self.precision)
+        if self.device.type == "cpu":
+            runtime.release_memory()  # the image is done: its freed activations go back to the system
         return cur, alpha
 
     # ---- one native pass ----------------------------------------------------------------------------
@@ -272,7 +307,9 @@ class LinearSR:
     def _plan(self, H: int, W: int, tile, overlap, budget: int, batch: int) -> dict:
         """Whole image or tiles, and the Mix-FFN band height, decided before any sampling."""
         cfg = self.model.config
-        dtype_bytes = 4 if self.precision == "fp32" else 2
+        # CPU autocast keeps norms and the residual stream in fp32 and adds bf16 copies for the matmuls: the
+        # measured peak is no lower than fp32's (784 vs 718 MiB at 1 MP, docs/benchmarks.md), so plan as fp32
+        dtype_bytes = 2 if self.precision != "fp32" and self.device.type == "cuda" else 4
         host_shared = self.device.type != "cuda"
         tile_px = rows = None
         if tile == "auto":
@@ -289,6 +326,8 @@ class LinearSR:
                 rows = ffn_chunk_rows_for(cfg, min(tile_px, H))
         if tile_px is not None and tile_px >= max(H, W):
             tile_px = None  # one tile covers everything: that is the whole image
+        if self.device.type == "cpu":
+            rows = min(rows or CPU_FFN_ROWS, CPU_FFN_ROWS)
         ov = None
         if tile_px is not None:
             ov = tile_px // 4 if overlap is None else int(overlap)

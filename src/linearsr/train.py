@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import metrics
+from . import metrics, runtime
 from .data import TrainStream, build_data, fixed_validation_set, seed_for
 from .loss import FlowMatchingLoss
 from .model import LinearSRModel
+from .precision import resolve_precision
 from .sample import super_resolve
 from .experts import expert_intervals, expert_time_samplers
 from .train_config import TrainConfig
@@ -70,7 +71,7 @@ def setup_distributed() -> Dist:
     if cuda:
         torch.cuda.set_device(local)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        runtime.configure_threads()  # the CPUs this rank may use, shared among the ranks of its node
     return Dist(dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 
@@ -268,7 +269,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         from .tags import TagTable, load_tag_encoder
 
         table, encoder = TagTable.from_file(cfg.data.tags_file), load_tag_encoder(cfg.data.tag_encoder)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dd.device.type == "cuda")
+    precision = resolve_precision(cfg.precision, dd.device)  # auto: bf16 on bf16-capable CPUs and GPUs
+    if precision == "fp16":
+        raise ValueError("precision fp16 is not supported for training (no loss scaling); use bf16 or fp32")
+    use_bf16 = precision == "bf16"
+    if cfg.compile:  # per expert: the model's routing reads t's value, which a compiled graph cannot
+        for expert in model.experts:
+            expert.compile()
     eval_model = LinearSRModel(model.config).to(dd.device)
 
     from tqdm.auto import tqdm

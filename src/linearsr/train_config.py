@@ -137,7 +137,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget of one invocation (0 = none); when spent, the run ends as
     #                           if out of steps: validation, snapshot, full state (a GPU lease, a night)
     seed: int = 0
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32", "bf16"
+    precision: str = "auto"  # "auto" (bf16 autocast where bf16 matmuls are fast, see precision.py), "fp32", "bf16"
+    compile: bool = False  # torch.compile each expert (fixed crop size: one compilation, paid in the first steps)
     log_every: int = 10
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

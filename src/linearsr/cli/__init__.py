@@ -46,6 +46,9 @@ class FriendlyGroup(click.Group):
 @click.version_option(__version__, prog_name="linearsr")
 def main() -> None:
     """LinearSR: generative image super-resolution with a linear-attention diffusion transformer."""
+    from ..runtime import tune_process
+
+    tune_process()  # allocator reuse and thread counts, before any command loads torch (runtime.py)
 
 
 def _register() -> None:

@@ -81,8 +81,11 @@ def plot(result: dict, path: str | Path) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=1, help="Forwards per whole upscale (total_s).")
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              help="Autocast precision; auto = bf16 on CUDA, fp32 elsewhere.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first (meant for CUDA).")
+              help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile each expert (dynamic shapes) first; compile time is not in the figures.")
+@click.option("--ffn-bands/--no-ffn-bands", default=True,
+              help="CPU: run the Mix-FFN in bands of rows, as the pipeline does (--no-ffn-bands: whole grid).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, help="Timed runs per measurement (median).")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, help="Untimed forwards before timing.")
 @click.option("--time-cap", type=click.FloatRange(min=1), default=300.0,
@@ -98,8 +101,8 @@ def plot(result: dict, path: str | Path) -> None:
               help="Measure each configuration in a fresh child process (honest peak memory).")
 @click.option("--breakdown-size", type=click.IntRange(min=0), default=1024,
               help="Output side of the per-layer-type breakdown (0 = none; falls back to the largest measured below it).")
-def bench(model, size_name, sizes, attention, steps, device, precision, compile_, repeats, warmup, time_cap,
-          json_path, plot_path, peers, peer_sizes, isolate, breakdown_size) -> None:
+def bench(model, size_name, sizes, attention, steps, device, precision, compile_, ffn_bands, repeats, warmup,
+          time_cap, json_path, plot_path, peers, peer_sizes, isolate, breakdown_size) -> None:
     """Benchmark 1-NFE forward and whole-upscale time, FLOPs and peak memory per output size."""
     from ..bench import run_bench
 
@@ -112,9 +115,9 @@ def bench(model, size_name, sizes, attention, steps, device, precision, compile_
         click.echo(message if isinstance(message, str) else format_row(message), err=True)
 
     result = run_bench(model=model, size=size_name, sizes=_int_list(sizes), attentions=kinds, steps=steps,
-                       device=device, precision=precision, compile=compile_, repeats=repeats, warmup=warmup,
-                       time_cap=time_cap, peers=peers, peer_sizes=_int_list(peer_sizes) if peer_sizes else None,
-                       isolate=isolate, breakdown_size=breakdown_size or None, log=log)
+                       device=device, precision=precision, compile=compile_, ffn_bands=ffn_bands, repeats=repeats,
+                       warmup=warmup, time_cap=time_cap, peers=peers,
+                       peer_sizes=_int_list(peer_sizes) if peer_sizes else None, isolate=isolate, breakdown_size=breakdown_size or None, log=log)
     click.echo(f"{result['model']}: {result['params'] / 1e6:.2f} M parameters; {result['device']}; "
                f"matmul peak {result['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     for row in result["rows"]:

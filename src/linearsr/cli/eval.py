@@ -33,12 +33,14 @@ from . import CONTEXT
               help="Centre-crop each HR image to at most N x N pixels first (faster).")
 @click.option("--seed", type=int, default=0, help="Base seed (degradation per image and sampling).")
 @click.option("--device", default="cpu", help="cpu, cuda, auto, ...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
 @click.option("--side-by-side", type=click.IntRange(min=0), default=3,
               help="Write side-by-side crop PNGs for the first N images.")
 @click.option("--save-images", is_flag=True, help="Also save every method's full output as PNG.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, out, limit, crop, seed, device,
-             side_by_side, save_images, quiet) -> None:
+             precision, side_by_side, save_images, quiet) -> None:
     """Evaluate a model against bicubic, Lanczos, Real-ESRGAN and SPAN alone on degraded HR photos.
 
     Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
@@ -49,7 +51,8 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     res = evaluate(model, data, scale=scale, degradation=degradation, steps=steps, preset=preset,
                    baselines=names, out=out, limit=limit, crop=crop, data_root=data_root, seed=seed,
-                   device=device, side_by_side=side_by_side, save_images=save_images, progress=not quiet)
+                   device=device, side_by_side=side_by_side, save_images=save_images, progress=not quiet,
+                   precision=precision)
     click.echo(f"{len(res['images'])} image(s), x{scale} {degradation}; means:")
     for m in res["methods"]:
         vals = res["mean"][m]

@@ -148,8 +148,11 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Tile overlap in output pixels (auto = a quarter of the tile).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
               help="auto = cuda, else mps, else cpu.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              help="Autocast precision of the model's forward pass.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              help="Autocast precision; auto = bf16 where the CPU/GPU has fast bf16 matmuls, else fp32.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model: faster per image, but the first compiles for tens of seconds on a "
+                   "CPU, so it pays only over many images.", show_default="off")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               help="Output format; same = the input's (png if that cannot be written).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (never the input itself).",
@@ -161,7 +164,7 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
 @click.option("--quiet", is_flag=True, help="No progress output (failures and their summary still print).",
               show_default="off")
 def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, tags, seed, color_fix, tile,
-            overlap, device, precision, fmt, overwrite, save_meta, max_pixels, quiet) -> None:
+            overlap, device, precision, compile_, fmt, overwrite, save_meta, max_pixels, quiet) -> None:
     """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
@@ -191,7 +194,7 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
     dev = resolve_device(device)
     if world > 1 and dev.type == "cuda":
         dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
-    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision)
+    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
     tty = sys.stderr.isatty() and rank == 0
     bars, lines = not quiet and tty, not quiet and not tty
     tag = f"[rank {rank}] " if world > 1 else ""

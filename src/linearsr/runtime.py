@@ -1,0 +1,148 @@
+"""Process-wide settings that decide CPU speed as much as the model does: the heap allocator and thread counts.
+
+Allocator. glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh
+`mmap` and unmaps it on free. A forward allocates and frees activations of tens to hundreds of MiB layer
+after layer, so every one of them is page-faulted and zero-filled anew by the kernel: at 2048 px that was
+3.5 M minor faults and half of the forward's time in system time (docs/benchmarks.md). `tune_allocator`
+turns that off (`M_MMAP_MAX` = 0: big blocks come from the heap and are reused) and stops glibc from
+trimming the heap top on every free (`M_TRIM_THRESHOLD`). Memory freed by a call then stays with the
+process for the next allocation; `release_memory` (malloc_trim) hands it back after an image that grew
+the process by more than 1 GiB, so a long-lived process does not keep a huge image's peak forever. Only
+glibc is touched; on musl, macOS or Windows these are no-ops. LINEARSR_MALLOPT=0 switches it off.
+
+Threads. PyTorch starts one intra-op thread per core it sees, which oversubscribes the machine when
+several processes share it (torchrun ranks, `upscale` shards, a container limited by CPU quota or
+affinity). `thread_count` honours, in order: OMP_NUM_THREADS when set (also what torchrun sets), else the
+CPUs this process may run on (sched_getaffinity, and a cgroup v2 cpu.max quota) divided by the processes
+of this node (LOCAL_WORLD_SIZE from torchrun).
+
+This module does not import torch at import time, so the CLI can call it before torch loads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt accepts: never trim on free, trim explicitly
+RELEASE_ABOVE = 1 << 30  # release_memory keeps up to this much free heap for the next image
+_state: dict = {"tuned": None, "libc": None}
+
+
+def _glibc():
+    """glibc's handle, or None on any other C library."""
+    if _state["libc"] is None:
+        lib = False
+        if sys.platform.startswith("linux"):
+            try:
+                candidate = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                candidate.gnu_get_libc_version.restype = ctypes.c_char_p
+                candidate.gnu_get_libc_version()  # only glibc has it (musl does not)
+                lib = candidate
+            except (OSError, AttributeError):
+                lib = False
+        _state["libc"] = lib
+    return _state["libc"] or None
+
+
+def tune_allocator(environ=None) -> bool:
+    """Keep large freed blocks in the heap for reuse instead of unmapping them (see the module doc).
+    Idempotent; True when the setting is in effect."""
+    environ = os.environ if environ is None else environ
+    if _state["tuned"] is not None:
+        return _state["tuned"]
+    ok = False
+    libc = _glibc()
+    if libc is not None and environ.get("LINEARSR_MALLOPT", "1") != "0":
+        ok = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _state["tuned"], _state["floor"] = ok, resident_bytes()
+    return ok
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set (VmRSS), or None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), None)
+    except OSError:
+        return None
+
+
+def release_memory(keep_bytes: int = RELEASE_ABOVE) -> bool:
+    """Return the heap's free memory to the system (malloc_trim) once the process holds more than
+    `keep_bytes` above its resident size after the previous release (or at tuning). Called after each
+    image: trimming costs the next image its page faults again (0.15 s on a 1 MP upscale of 0.7 s), so
+    ordinary sizes keep their memory and only a large image's peak is handed back. True when it trimmed."""
+    if not _state["tuned"]:
+        return False
+    rss, floor = resident_bytes(), _state.get("floor")
+    if rss is not None and floor is not None and rss - floor <= keep_bytes:
+        return False
+    _glibc().malloc_trim(0)
+    _state["floor"] = resident_bytes()
+    return True
+
+
+def _cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs allowed by a cgroup v2 quota ("max 100000" = unlimited), or None."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def thread_count(environ=None, affinity: int | None = None, quota: float | None = None) -> int:
+    """Intra-op threads for this process (see the module doc). `affinity`/`quota` override the probes
+    (tests)."""
+    environ = os.environ if environ is None else environ
+    explicit = environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit:
+        try:
+            return max(1, int(explicit))
+        except ValueError:
+            pass  # not a number: fall through to our own count, as OpenMP would ignore it too
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            affinity = os.cpu_count() or 1
+    cpus = affinity
+    quota = _cgroup_cpu_limit() if quota is None else quota
+    if quota:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    local = environ.get("LOCAL_WORLD_SIZE") or environ.get("WORLD_SIZE") or "1"
+    try:
+        local_world = max(1, int(local))
+    except ValueError:
+        local_world = 1
+    return max(1, cpus // local_world)
+
+
+def configure_threads(environ=None) -> int:
+    """Apply `thread_count`: lower torch's count when torch is loaded, else set OMP_NUM_THREADS for torch
+    (and child processes) to pick up. Returns the count."""
+    environ = os.environ if environ is None else environ
+    n = thread_count(environ)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # only ever lower it: a caller who chose fewer threads knows why
+        if torch.get_num_threads() > n:
+            torch.set_num_threads(n)
+    else:
+        environ.setdefault("OMP_NUM_THREADS", str(n))
+    return n
+
+
+def tune_process() -> None:
+    """Everything above, once, at the start of a CLI command."""
+    tune_allocator()
+    configure_threads()
