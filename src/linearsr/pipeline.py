@@ -133,14 +133,26 @@ class _DeviceForward:
         self.model, self.device, self.amp_dtype = model, device, amp_dtype
         self.config = model.config
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
     def __call__(self, x, t, lr, context=None, context_mask=None, **condition):
         d = self.device
         move = lambda a: None if a is None else a.to(d)  # noqa: E731
         condition = {k: move(v) for k, v in condition.items()}
-        with torch.autocast(d.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with self._autocast():
             v = self.model(x.to(d), move(torch.as_tensor(t)), lr.to(d), move(context), move(context_mask),
                            **condition)
         return v.to(device=x.device, dtype=x.dtype)
+
+    @torch.no_grad()
+    def condition(self, lr: torch.Tensor, degradation_override: dict | None = None) -> dict:
+        """`model.condition` (the base image, degradation levels) on the device under the same autocast as
+        the forwards, as in training; the results go back to where `lr` lives (the host when tiling)."""
+        with self._autocast():
+            cond = self.model.condition(lr.to(self.device), degradation_override)
+        return {k: v.to(lr.device, torch.float32) for k, v in cond.items()}
 
 
 class LinearSR:
@@ -281,7 +293,7 @@ class LinearSR:
         guided = float(s["guidance"]) != 1.0 and context is not None
         plan = self._plan(H, W, tile, overlap, budget, batch=2 if guided else 1)
 
-        velocity = _DeviceForward(model, self.device, PRECISIONS[self.precision])
+        velocity = device_forward = _DeviceForward(model, self.device, PRECISIONS[self.precision])
         if plan["tile_px"] is not None:
             velocity = TiledVelocity(velocity, plan["tile_px"] // cfg.codec_factor,
                                      plan["overlap_px"] // cfg.codec_factor, config=cfg, device=self.device)
@@ -294,7 +306,9 @@ class LinearSR:
             e.ffn_chunk_rows = plan["ffn_chunk_rows"]
         try:
             out = super_resolve(model, lr, steps=int(s["steps"]), sampler=sampler, seed=seed, context=context,
-                                context_mask=mask, eta=float(s["eta"]), callback=report, velocity=velocity)
+                                context_mask=mask, eta=float(s["eta"]), callback=report, velocity=velocity,
+                                condition=device_forward.condition(lr, s.get("degradation")),
+                                strength=float(s.get("strength", 1.0)))
         finally:
             for e, rows in zip(model.experts, saved):
                 e.ffn_chunk_rows = rows
