@@ -63,9 +63,9 @@ def test_limits_are_the_page_controls(tmp_path):
     from linearsr.web import build_app
 
     demo = build_app(LinearSR(LinearSRModel(tiny_config())), workdir=tmp_path / "w")
-    sliders = {c.elem_id: c for c in demo.blocks.values() if getattr(c, "elem_id", None) in ("scale", "steps",
-                                                                                               "guidance")}
-    for name in ("scale", "steps", "guidance"):
+    names = ("scale", "steps", "guidance", "strength")
+    sliders = {c.elem_id: c for c in demo.blocks.values() if getattr(c, "elem_id", None) in names}
+    for name in names:
         lo, hi, step = getattr(LIMITS, name)
         assert (sliders[name].minimum, sliders[name].maximum, sliders[name].step) == (lo, hi, step)
 

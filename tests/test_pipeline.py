@@ -9,7 +9,8 @@ from conftest import randomize, tiny_config
 from linearsr.colorfix import adain_color_fix, low_band, wavelet_color_fix
 from linearsr.guidance import guided_velocity
 from linearsr.model import LinearSRModel
-from linearsr.pipeline import PRESETS, LinearSR, count_passes, output_size, parse_tags, resolve_settings
+from linearsr.pipeline import LinearSR, count_passes, output_size
+from linearsr.tags import parse_tags
 from linearsr.sample import super_resolve
 from linearsr.tiling import estimate_peak_memory, tiled_peak_memory
 
@@ -96,12 +97,8 @@ def test_guidance_is_one_batched_forward_equal_to_two_separate_ones(boundaries):
     assert counter.batches == [2, 2, 2, 2]
 
 
-# ---- settings ---------------------------------------------------------------------------------------
-def test_settings_precedence_and_sizes():
-    assert resolve_settings("fidelity")["steps"] == PRESETS["fidelity"]["steps"]
-    assert resolve_settings("realism", steps=3)["steps"] == 3
-    with pytest.raises(ValueError, match="preset"):
-        resolve_settings("vivid")
+# ---- sizes (the sampling settings: tests/test_settings.py) ----------------------------------------
+def test_tags_and_sizes():
     assert parse_tags(" cat, grass,,cat ") == ["cat", "grass"] and parse_tags(["a", " b"]) == ["a", "b"]
     assert output_size(20, 16, 3, None, 4) == (60, 48)
     assert output_size(20, 16, None, 100, 4) == (100, 80)

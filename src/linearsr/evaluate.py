@@ -17,10 +17,9 @@ make the LR input with `degradations.degrade(hr, scale, kind, seed=stable per im
   torch.cuda.max_memory_allocated. Every method gets one untimed warm-up call first (model loading and
   first-call allocation are not charged to image 1).
 
-LinearSR runs through `pipeline.LinearSR` (presets, colour fix, tiling) when that module is present and
-otherwise through `core_upscale` (reflect-pad, `sample.super_resolve`, crop). Learned metrics (LPIPS,
-DISTS, MUSIQ, MANIQA, CLIPIQA) need network weights we cannot download here, so they are listed as
-not supported in every report instead of being silently absent.
+LinearSR runs through `pipeline.LinearSR` (presets, colour fix, tiling) with one `SamplingSettings`.
+Learned metrics (LPIPS, DISTS, MUSIQ, MANIQA, CLIPIQA) need network weights we cannot download here, so
+they are listed as not supported in every report instead of being silently absent.
 """
 
 from __future__ import annotations
@@ -40,6 +39,8 @@ from PIL import Image, ImageDraw
 from . import metrics
 from .haar_metrics import detail_bands, geometric_mean, haarpsi, octaves_above_lr
 from .peers import BASELINE_LABELS, BASELINES, baseline_unavailable_reason
+from .pipeline import LinearSR
+from .settings import SamplingSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # key -> (column title, higher is better; None: closest to 1 is best)
@@ -107,39 +108,21 @@ def core_upscale(model, lr: torch.Tensor, *, steps: int = 1, seed: int = 0, **kw
 
 
 class LinearSRRunner:
-    """Calls the model on float (h, w, 3) arrays in [0, 1]; pipeline when available, else `core_upscale`."""
+    """Calls the pipeline on float (h, w, 3) arrays in [0, 1] with one `SamplingSettings`; `settings` (a
+    dict) records what the last call used, for the report."""
 
-    def __init__(self, model, *, device="cpu", steps=None, preset=None, seed=0, scale=None,
+    def __init__(self, model, settings: SamplingSettings | None = None, *, device="cpu", scale=None,
                  precision: str = "auto") -> None:
-        self.model, self.steps, self.preset, self.seed = model, steps, preset, seed
+        self.model, self.sampling = model, settings or SamplingSettings()
         self.scale = scale or model.config.scale
-        try:
-            from .pipeline import LinearSR
-        except ImportError:
-            LinearSR = None
-        if LinearSR is not None:
-            self.pipe, self.engine = LinearSR(model, device=device, precision=precision), "pipeline"
-            self.device = self.pipe.device
-        else:
-            if self.scale != model.config.scale:
-                raise ValueError(f"scale {self.scale} differs from the model's native x{model.config.scale}; "
-                                 "only the pipeline can do that and it is not installed")
-            if str(device) == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.pipe, self.engine, self.device = None, "core", torch.device(device)
-            self.model.to(self.device)
+        self.pipe, self.engine = LinearSR(model, device=device, precision=precision), "pipeline"
+        self.device = self.pipe.device
         self.settings: dict = {}
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        if self.pipe is not None:
-            rgb, _ = self.pipe.enhance_arrays(lr, scale=self.scale, steps=self.steps, preset=self.preset, seed=self.seed)
-            self.settings = dict(self.pipe.last_run.get("settings", {}))
-            return rgb
-        steps = self.steps or 1
-        self.settings = {"steps": steps, "sampler": "euler", "color_fix": "none"}
-        t = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float().to(self.device) * 2 - 1
-        out = core_upscale(self.model, t, steps=steps, seed=self.seed)
-        return ((out[0].permute(1, 2, 0).float().cpu().numpy() + 1) / 2).astype(np.float32)
+        rgb, _ = self.pipe.enhance_arrays(lr, None, self.sampling, scale=self.scale)
+        self.settings = self.pipe.last_run["settings"].to_dict()
+        return rgb
 
 
 def _baseline(name: str, scale: int):
@@ -221,8 +204,8 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
             notes.append(f"{BASELINE_LABELS[name]} skipped: {why}")
         else:
             methods[name] = _baseline(name, scale)
-    runner = LinearSRRunner(model, device=device, steps=steps, preset=preset, seed=seed, scale=scale,
-                            precision=precision)
+    runner = LinearSRRunner(model, SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
+                            scale=scale, precision=precision)
     methods[LINEARSR] = runner
     use_brisque = brisque_available()
     if not use_brisque:

@@ -16,8 +16,8 @@ What `enhance` does, in order:
    and tiling as velocity wrappers; crop; colour fix against the bicubic upsample; clamp.
 4. Alpha (if any) is Lanczos-resized separately; the result is returned in the input's kind.
 
-Settings precedence: explicit argument > preset > DEFAULTS. Presets live in PRESETS, in one place, so they
-can be tuned without touching the code around them.
+The sampling knobs travel as one `settings.SamplingSettings` (explicit value > preset > DEFAULTS; presets and
+every knob's range live in settings.py); the output size (`scale` or `long_side`) is given next to it.
 """
 
 from __future__ import annotations
@@ -31,25 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from . import imageio, runtime
+from . import image_kinds, imageio, runtime
 from .precision import AMP_DTYPES, resolve_precision
-from .colorfix import COLOR_FIXES, apply_color_fix
+from .colorfix import apply_color_fix
 from .guidance import guided_velocity
 from .sample import super_resolve
-from .tags import TAG_DIM, parse_tags  # one normalisation of tag text for training and inference
+from .settings import SamplingSettings, settings_from
+from .tags import TAG_DIM
 from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
 
-# Every preset knob in one place. fidelity: one step from t = 0, the model's deterministic best guess given
-# the LR (highest PSNR/SSIM, and the fastest). realism: several stochastic steps with tag guidance, sharper
-# but less faithful. DEFAULTS is what runs without --preset: fidelity, because the bundled CPU-trained model
-# is strongest there (see weights/default/MODEL_CARD.md).
-PRESETS: dict[str, dict] = {
-    "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none"),
-    "realism": dict(steps=8, guidance=2.0, eta=0.3, color_fix="wavelet"),
-}
-DEFAULTS: dict = dict(PRESETS["fidelity"])
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
 PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resolved per device (precision.py)
@@ -59,19 +50,6 @@ PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resol
 CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
-
-
-def resolve_settings(preset: str | None = None, **overrides) -> dict:
-    """steps/guidance/eta/color_fix from explicit values (None = unset), the preset, then DEFAULTS."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    settings = {**DEFAULTS, **(PRESETS[preset] if preset else {})}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if settings["color_fix"] not in COLOR_FIXES:
-        raise ValueError(f"unknown color fix {settings['color_fix']!r}; choose from {', '.join(COLOR_FIXES)}")
-    if int(settings["steps"]) < 1:
-        raise ValueError(f"steps must be >= 1, got {settings['steps']}")
-    return settings
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -217,38 +195,35 @@ class LinearSR:
             warnings.warn(message, UserWarning, stacklevel=3)
 
     # ---- public API ---------------------------------------------------------------------------------
-    def enhance(self, image, *, scale: float | None = None, long_side: int | None = None, steps: int | None = None,
-                sampler: str = "euler", guidance: float | None = None, tags=None, seed: int = 0,
-                color_fix: str | None = None, tile: str | int = "auto", overlap: int | None = None,
-                preset: str | None = None, memory_budget: int | None = None, progress=None,
-                eta: float | None = None, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS):
+    def enhance(self, image, settings: SamplingSettings | None = None, *, scale: float | None = None,
+                long_side: int | None = None, progress=None, max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS,
+                **overrides):
         """Upscale `image` and return the same kind: PIL -> PIL, path -> PIL, numpy (H, W[, C]) -> numpy of the
         same dtype and channels, torch (C, H, W) or (1, C, H, W) in [0, 1] -> torch on the same device.
 
-        scale: overall factor (any positive number, default the model's native one); long_side: pixels of
-        the longer output side (exclusive with scale). steps/guidance/eta/color_fix: None = preset, then
-        DEFAULTS. tags: "cat, grass" or a list. tile: "auto" (plan from memory), "off", or a tile side in
-        output pixels; overlap: pixels (default a quarter of the tile). memory_budget: bytes (default a
-        fraction of the free memory). progress: callable(done_steps, total_steps)."""
-        loaded = self._load(image, max_pixels)
-        rgb, alpha = self.enhance_arrays(
-            loaded.rgb, loaded.alpha, scale=scale, long_side=long_side, steps=steps, sampler=sampler,
-            guidance=guidance, tags=tags, seed=seed, color_fix=color_fix, tile=tile, overlap=overlap,
-            preset=preset, memory_budget=memory_budget, progress=progress, eta=eta)
-        return self._like_input(image, loaded, rgb, alpha)
+        settings: a `SamplingSettings` (default: the defaults); keyword `overrides` (steps=4, preset="realism",
+        tags="cat, grass", strength=0.5, ... any `SamplingSettings` field) change it for this call and are
+        validated the same way. scale: overall factor (any positive number, default the model's native one);
+        long_side: pixels of the longer output side (exclusive with scale). progress: callable(done_steps,
+        total_steps). max_pixels: refuse larger inputs (decompression-bomb guard; None = no limit)."""
+        loaded = image_kinds.load_any(image, max_pixels)
+        rgb, alpha = self.enhance_arrays(loaded.rgb, loaded.alpha, settings, scale=scale, long_side=long_side,
+                                         progress=progress, **overrides)
+        return image_kinds.like_input(image, loaded, rgb, alpha)
 
-    def enhance_arrays(self, rgb: np.ndarray, alpha: np.ndarray | None = None, *, scale=None, long_side=None,
-                       steps=None, sampler="euler", guidance=None, tags=None, seed=0, color_fix=None, tile="auto",
-                       overlap=None, preset=None, memory_budget=None, progress=None, eta=None):
-        """The core on float arrays: rgb (H, W, 3) in [0, 1], alpha (H, W) or None -> (rgb, alpha) upscaled."""
-        s = resolve_settings(preset, steps=steps, guidance=guidance, eta=eta, color_fix=color_fix)
+    def enhance_arrays(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
+                       settings: SamplingSettings | None = None, *, scale: float | None = None,
+                       long_side: int | None = None, progress=None, **overrides):
+        """The core on float arrays: rgb (H, W, 3) in [0, 1], alpha (H, W) or None -> (rgb, alpha) upscaled.
+        `settings`, `overrides`, `scale`, `long_side`, `progress`: as for `enhance`."""
+        s = settings_from(settings, **overrides)
         native = self.model.config.scale
         _check_input(rgb)
         h, w = rgb.shape[:2]
         tw, th = output_size(w, h, scale, long_side, native)
         passes = count_passes(max(tw / w, th / h), native)
-        context, mask = self._encode_tags(parse_tags(tags))
-        budget = memory_budget or int(available_memory(self.device) * MEMORY_FRACTION.get(self.device.type, 0.5))
+        context, mask = self._encode_tags(list(s.tags))
+        budget = s.memory_budget or int(available_memory(self.device) * MEMORY_FRACTION.get(self.device.type, 0.5))
         start, plans = time.perf_counter(), []
         cur = rgb
         for j in range(passes):
@@ -257,14 +232,12 @@ class LinearSR:
                 pw, ph = max(1, round(tw / native**left)), max(1, round(th / native**left))
                 if (pw, ph) != (cur.shape[1], cur.shape[0]):
                     cur = imageio.resize_rgb(cur, (pw, ph))
-            step_offset = j * int(s["steps"])
 
-            def report(info, offset=step_offset):
+            def report(info, offset=j * s.steps):
                 if progress is not None:
-                    progress(offset + info["i"] + 1, passes * int(s["steps"]))
+                    progress(offset + info["i"] + 1, passes * s.steps)
 
-            cur, plan = self._one_pass(cur, s, sampler, seed + j * PASS_SEED_STRIDE, context, mask, tile,
-                                       overlap, budget, report)
+            cur, plan = self._one_pass(cur, s, s.seed + j * PASS_SEED_STRIDE, context, mask, budget, report)
             if not np.isfinite(cur).all():  # would be written as a black image and reported as success
                 raise RuntimeError("the model produced NaN/inf values (damaged weights, or an fp16 overflow: "
                                    "try --precision fp32); nothing was written")
@@ -273,14 +246,14 @@ class LinearSR:
             cur = imageio.resize_rgb(cur, (tw, th))
         if alpha is not None:
             alpha = imageio.resize_rgb(alpha, (tw, th))
-        self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=parse_tags(tags),
+        self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=list(s.tags),
                              seconds=time.perf_counter() - start, budget_bytes=budget, precision=self.precision)
         if self.device.type == "cpu":
             runtime.release_memory()  # the image is done: its freed activations go back to the system
         return cur, alpha
 
     # ---- one native pass ----------------------------------------------------------------------------
-    def _one_pass(self, rgb, s, sampler, seed, context, mask, tile, overlap, budget, report):
+    def _one_pass(self, rgb, s: SamplingSettings, seed: int, context, mask, budget: int, report):
         model, cfg = self.model, self.model.config
         h, w = rgb.shape[:2]
         lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
@@ -290,8 +263,8 @@ class LinearSR:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             lr = F.pad(lr, (0, pad_w, 0, pad_h), mode=mode)
         H, W = lr.shape[-2] * cfg.scale, lr.shape[-1] * cfg.scale
-        guided = float(s["guidance"]) != 1.0 and context is not None
-        plan = self._plan(H, W, tile, overlap, budget, batch=2 if guided else 1)
+        guided = s.guidance != 1.0 and context is not None
+        plan = self._plan(H, W, s.tile, s.overlap, budget, batch=2 if guided else 1)
 
         velocity = device_forward = _DeviceForward(model, self.device, PRECISIONS[self.precision])
         if plan["tile_px"] is not None:
@@ -300,21 +273,20 @@ class LinearSR:
         else:
             lr = lr.to(self.device)  # whole image: the sampler state lives on the device too
         if guided:
-            velocity = guided_velocity(velocity, float(s["guidance"]), context, mask, None)
+            velocity = guided_velocity(velocity, s.guidance, context, mask, None)
         saved = [e.ffn_chunk_rows for e in model.experts]
         for e in model.experts:
             e.ffn_chunk_rows = plan["ffn_chunk_rows"]
         try:
-            out = super_resolve(model, lr, steps=int(s["steps"]), sampler=sampler, seed=seed, context=context,
-                                context_mask=mask, eta=float(s["eta"]), callback=report, velocity=velocity,
-                                condition=device_forward.condition(lr, s.get("degradation")),
-                                strength=float(s.get("strength", 1.0)))
+            out = super_resolve(model, lr, steps=s.steps, sampler=s.sampler, seed=seed, context=context,
+                                context_mask=mask, eta=s.eta, callback=report, velocity=velocity,
+                                condition=device_forward.condition(lr, s.degradation), strength=s.strength)
         finally:
             for e, rows in zip(model.experts, saved):
                 e.ffn_chunk_rows = rows
         out = out.float()
         ref = model.upsample_lr(lr.to(out.device).float())
-        out = apply_color_fix(s["color_fix"], out, ref)[..., : h * cfg.scale, : w * cfg.scale]
+        out = apply_color_fix(s.color_fix, out, ref)[..., : h * cfg.scale, : w * cfg.scale]
         out = ((out.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).cpu().numpy()
         return np.ascontiguousarray(out, dtype=np.float32), plan
 
@@ -385,50 +357,6 @@ class LinearSR:
             self._warn_once(f"the default tag encoder could not be loaded ({e}); tags are ignored")
             return None
 
-    # ---- input and output kinds ---------------------------------------------------------------------
-    @staticmethod
-    def _load(image, max_pixels) -> imageio.LoadedImage:
-        if isinstance(image, torch.Tensor):
-            t = image.detach().cpu()
-            if t.ndim == 4 and t.shape[0] == 1:
-                t = t[0]
-            if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4):
-                raise ValueError(f"tensor images must be (C, H, W) or (1, C, H, W) with C in 1..4, got {tuple(image.shape)}")
-            arr = t.permute(1, 2, 0).numpy()
-            if t.dtype.is_floating_point:
-                arr = arr.astype(np.float32)
-            return imageio.load_image(arr, max_pixels=max_pixels)
-        if isinstance(image, (np.ndarray, Image.Image)):
-            return imageio.load_image(image, max_pixels=max_pixels)
-        if isinstance(image, (str, os.PathLike)):
-            return imageio.load_image(image, max_pixels=max_pixels)
-        raise TypeError(f"unsupported image type {type(image).__name__} (PIL image, numpy array, tensor or path)")
-
-    @staticmethod
-    def _like_input(image, loaded, rgb, alpha):
-        if isinstance(image, (Image.Image, str, os.PathLike)):
-            return imageio.to_output_pil(rgb, alpha, like=loaded)
-        if isinstance(image, np.ndarray):
-            channels = 1 if image.ndim == 2 else image.shape[2]
-            planes = _planes(rgb, alpha, channels)
-            if image.ndim == 2:
-                planes = planes[:, :, 0]
-            if image.dtype == np.uint8:
-                return np.rint(planes * 255).astype(np.uint8)
-            if image.dtype == np.uint16:
-                return np.rint(planes * 65535).astype(np.uint16)
-            return planes.astype(image.dtype if image.dtype.kind == "f" else np.float32)
-        # torch tensor
-        channels = image.shape[-3]
-        out = torch.from_numpy(np.ascontiguousarray(_planes(rgb, alpha, channels))).permute(2, 0, 1)
-        if image.dtype == torch.uint8:
-            out = (out * 255).round().to(torch.uint8)
-        elif image.dtype.is_floating_point:
-            out = out.to(image.dtype)
-        if image.ndim == 4:
-            out = out[None]
-        return out.to(image.device)
-
 
 def _check_input(rgb) -> None:
     """enhance_arrays takes float RGB in [0, 1]; an empty or non-finite array is a caller's mistake, said in
@@ -439,15 +367,3 @@ def _check_input(rgb) -> None:
         raise ValueError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
     if not np.isfinite(rgb).all():
         raise ValueError("rgb holds NaN or infinite values")
-
-
-def _planes(rgb: np.ndarray, alpha: np.ndarray | None, channels: int) -> np.ndarray:
-    """(H, W, channels) float32: gray (Rec. 601 luma, as PIL) for 1-2 channels, alpha last for 2 and 4."""
-    if channels in (1, 2):
-        base = (rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[:, :, None].astype(np.float32)
-    else:
-        base = rgb
-    if channels in (2, 4):
-        a = alpha if alpha is not None else np.ones(rgb.shape[:2], np.float32)
-        base = np.dstack([base, a])
-    return np.clip(base, 0, 1).astype(np.float32)

@@ -14,14 +14,15 @@ Design notes:
   removes it on exit; Gradio's `delete_cache` prunes files older than an hour meanwhile.
 * Limits. The upload size is enforced by the server (`max_file_size`) and again by `run_upscale`, the pixel
   count from the file header before any decoding (`imageio.load_image(max_pixels=...)`). Every setting a
-  request carries (scale, steps, guidance, seed, preset, colour fix, tags) is checked on the server against
-  `LIMITS`, the same object the page's controls are built from: the HTTP API cannot ask for more than the
-  page offers. A job also stops when its client goes away (page closed, API call cancelled), when it runs
+  request carries (scale, steps, guidance, strength, seed, preset, colour fix, tags) is checked on the server
+  against `LIMITS`, the same object the page's controls are built from, and `LIMITS` itself is read from the
+  settings' definitions (`settings.KNOBS[...].page`): the HTTP API cannot ask for more than the page offers. A job also stops when its client goes away (page closed, API call cancelled), when it runs
   past `max_job_seconds`, or when the server stops; the pipeline's per-step callback is where it checks.
   Every refusal is a one-line message shown in the page (gr.Error). One job at a time: the queue runs the
   model's events (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
 * The page: input image, scale, preset (pre-fills steps, guidance and colour fix, which stay editable), tags
-  (pre-filled by the tagger plug-in when one is configured), seed; a progress bar fed by the pipeline's
+  (pre-filled by the tagger plug-in when one is configured), seed, strength (models with a base image only);
+  a progress bar fed by the pipeline's
   per-step callback; a before/after slider (bicubic | LinearSR), a download button for the full-resolution
   PNG and the settings used as JSON.
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 import atexit
 import inspect
 import json
-import math
 import os
 import time
 import re
@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from . import imageio
+from .settings import COLOR_FIXES, KNOBS, PRESETS, SamplingSettings, check_choice, check_number, settings_from
 
 MB = 2**20
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -60,19 +61,21 @@ OFFLINE_ENV = {  # set (unless the user set them) before gradio is imported
     "DO_NOT_TRACK": "1",
     "GRADIO_SSR_MODE": "False",
 }
-PRESET_CHOICES = ["default", "fidelity", "realism"]  # "default" = no preset: the pipeline's DEFAULTS
+PRESET_CHOICES = ["default", *PRESETS]  # "default" = no preset: the settings' DEFAULTS
 KEEP_RESULTS = 4  # finished jobs whose files stay on disk (the page shows the latest; older ones are pruned)
 
 
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for. The page's sliders are built from these numbers and `check_request`
-    enforces them on the server, so the page and the API share one definition."""
+    enforces them on the server, so the page and the API share one definition; the sampling knobs' ranges
+    are the settings' own page ranges (`KNOBS[name].page`, inside the knob's valid range)."""
 
-    scale: tuple[float, float, float] = (1.0, 8.0, 0.5)    # min, max, step (slider)
-    steps: tuple[int, int, int] = (1, 50, 1)
-    guidance: tuple[float, float, float] = (1.0, 10.0, 0.5)
-    seed: tuple[int, int] = (0, 2**31 - 1)
+    scale: tuple[float, float, float] = (1.0, 8.0, 0.5)    # min, max, step (slider); output size, not a knob
+    steps: tuple[int, int, int] = KNOBS["steps"].page
+    guidance: tuple[float, float, float] = KNOBS["guidance"].page
+    strength: tuple[float, float, float] = KNOBS["strength"].page
+    seed: tuple[int, int] = KNOBS["seed"].page[:2]
     tags_chars: int = 1000
     output_pixels: int = 64_000_000   # the result's size: a 16 MP upload at x8 would be 1 GP
     job_seconds: float = 600.0        # wall-clock bound of one job; it stops at the next sampling step
@@ -143,39 +146,22 @@ def _safe_stem(name: str) -> str:
     return stem[:80] or "image"
 
 
-def _number(name: str, value, lo, hi, step=None, whole: bool = False) -> float:
-    """`value` as a number inside [lo, hi] (on the slider's grid when `step` is given), else ValueError."""
-    kind = "a whole number" if whole else "a number"
-    lo, hi = (int(lo), int(hi)) if whole else (lo, hi)  # so 2147483647 prints as itself, not 2.15e+09
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
-    if whole and value != int(value):
-        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value:g}")
-    if step and abs((value - lo) / step - round((value - lo) / step)) > 1e-6:
-        raise ValueError(f"{name} must be a multiple of {step:g} from {lo} to {hi}, got {value:g}")
-    return value
-
-
-def check_request(*, scale, preset, steps, guidance, tags, seed, color_fix, limits: Limits = LIMITS) -> dict:
+def check_request(*, scale, preset, steps, guidance, tags, seed, color_fix, strength=1.0,
+                  limits: Limits = LIMITS) -> dict:
     """Every setting of one /upscale request checked against `limits` (raw JSON values: the API skips the
     page's controls). Returns them normalised; raises ValueError naming the first bad one."""
-    from .colorfix import COLOR_FIXES
-
-    if preset not in PRESET_CHOICES:
-        raise ValueError(f"preset must be one of {', '.join(PRESET_CHOICES)}, got {preset!r}")
-    if color_fix not in COLOR_FIXES:
-        raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}")
+    check_choice("preset", preset, PRESET_CHOICES)
+    check_choice("color_fix", color_fix, COLOR_FIXES)
     if tags is not None and not isinstance(tags, str):
         raise ValueError(f"tags must be text, got {type(tags).__name__}")
     if tags and len(tags) > limits.tags_chars:
         raise ValueError(f"tags must be at most {limits.tags_chars} characters, got {len(tags)}")
     seed = 0 if seed is None else seed  # an emptied number box
-    return dict(scale=float(_number("scale", scale, *limits.scale)),
-                steps=int(_number("steps", steps, *limits.steps, whole=True)),
-                guidance=float(_number("guidance", guidance, *limits.guidance)),
-                seed=int(_number("seed", seed, *limits.seed, whole=True)),
+    return dict(scale=check_number("scale", scale, *limits.scale),
+                steps=check_number("steps", steps, *limits.steps, whole=True),
+                guidance=check_number("guidance", guidance, *limits.guidance),
+                strength=check_number("strength", strength, *limits.strength),
+                seed=check_number("seed", seed, *limits.seed, whole=True),
                 preset=preset, color_fix=color_fix, tags=tags or None)
 
 
@@ -189,23 +175,25 @@ def prune_results(results: Path, keep: int = KEEP_RESULTS) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_upscale(pipe, image, out_dir, *, name: str | None = None, scale: float | None = None,
-                preset: str | None = None, steps: int | None = None, guidance: float | None = None,
-                tags=None, seed: int = 0, color_fix: str | None = None, max_upload_bytes: int | None = None,
-                max_pixels: int | None = None, progress: Callable[[int, int], None] | None = None,
-                model_label: str | None = None, max_output_pixels: int | None = None,
-                should_stop: Callable[[], str | None] | None = None) -> UpscaleResult:
+def run_upscale(pipe, image, out_dir, settings: SamplingSettings | None = None, *, name: str | None = None,
+                scale: float | None = None, max_upload_bytes: int | None = None, max_pixels: int | None = None,
+                progress: Callable[[int, int], None] | None = None, model_label: str | None = None,
+                max_output_pixels: int | None = None, should_stop: Callable[[], str | None] | None = None,
+                **overrides) -> UpscaleResult:
     """Upscale the image file `image` with the `LinearSR` pipeline `pipe`; write the result and its bicubic
     counterpart as PNGs in a new folder under `out_dir`. Raises `imageio.ImageError` (one line, naming
-    `name`) for refused or unreadable uploads and ValueError for bad settings. `progress(done, total)` is
-    called after every sampling step. Settings left None come from the preset, then the pipeline's DEFAULTS.
+    `name`) for refused or unreadable uploads and ValueError for bad settings. `settings` and the keyword
+    `overrides` (preset, steps, guidance, tags, seed, colour fix, strength...) are as for `LinearSR.enhance`;
+    the preset "default" means none. `progress(done, total)` is called after every sampling step.
     `should_stop()` is asked before the work and after every step; a reason (text) ends the job with
     `JobStopped`. `max_output_pixels` refuses results larger than that before any work."""
     from .pipeline import output_size
 
     path = Path(image)
     name = name or path.name
-    preset = None if preset in (None, "", "default", "none") else preset
+    if overrides.get("preset") in ("", "default", "none"):
+        overrides["preset"] = None
+    settings = settings_from(settings, **overrides)  # bad settings fail here, before the upload is decoded
     loaded = load_upload(path, name, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     h, w = loaded.rgb.shape[:2]
     tw, th = output_size(w, h, scale, None, pipe.model.config.scale)
@@ -226,9 +214,7 @@ def run_upscale(pipe, image, out_dir, *, name: str | None = None, scale: float |
     stop_check()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rgb, alpha = pipe.enhance_arrays(loaded.rgb, loaded.alpha, scale=scale, preset=preset, steps=steps,
-                                         guidance=guidance, tags=tags, seed=int(seed), color_fix=color_fix,
-                                         progress=step_done)
+        rgb, alpha = pipe.enhance_arrays(loaded.rgb, loaded.alpha, settings, scale=scale, progress=step_done)
     # only our own warnings (tags ignored, encoder missing...): other threads' warnings land here too
     notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught if _ours(w.filename)))
     result = imageio.to_output_pil(rgb, alpha, like=loaded)
@@ -239,17 +225,16 @@ def run_upscale(pipe, image, out_dir, *, name: str | None = None, scale: float |
     before = job / "bicubic.png"
     Image.fromarray(_to_uint8(loaded.rgb)).resize(result.size, Image.Resampling.BICUBIC).save(before, compress_level=1)
 
-    run = pipe.last_run
-    s = run["settings"]
-    settings = dict(
+    run, s = pipe.last_run, settings
+    used = dict(
         model=model_label, input=dict(name=name, size=[w, h]), output=dict(size=list(result.size)),
-        scale=scale if scale is not None else pipe.model.config.scale, preset=preset or "default",
-        steps=int(s["steps"]), guidance=float(s["guidance"]), eta=float(s["eta"]), color_fix=s["color_fix"],
-        tags=list(run.get("tags") or []), seed=int(seed), passes=run.get("passes"),
+        scale=scale if scale is not None else pipe.model.config.scale, preset=s.preset or "default",
+        steps=s.steps, guidance=s.guidance, eta=s.eta, color_fix=s.color_fix, sampler=s.sampler,
+        strength=s.strength, tags=list(s.tags), seed=s.seed, passes=run.get("passes"),
         seconds=round(float(run.get("seconds", 0.0)), 2), device=str(pipe.device), precision=pipe.precision)
     if notes:
-        settings["notes"] = notes
-    return UpscaleResult(before=before, after=Path(after), size=result.size, settings=settings, notes=notes)
+        used["notes"] = notes
+    return UpscaleResult(before=before, after=Path(after), size=result.size, settings=used, notes=notes)
 
 
 # ---- Gradio ---------------------------------------------------------------------------------------------
@@ -289,8 +274,8 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
     `limits`: what a request may ask for (page controls and server checks alike).
     The returned Blocks carries `linearsr_stop` (a threading.Event: set it to end the running job at its
     next step) and `linearsr_busy` (a lock held while a job runs)."""
-    from .colorfix import COLOR_FIXES
-    from .pipeline import LinearSR, parse_tags, resolve_settings
+    from .pipeline import LinearSR
+    from .tags import parse_tags
 
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="linearsr-serve-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +288,7 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
     native = pipe.model.config.scale
     max_bytes = int(max_upload_mb * MB) if max_upload_mb else None
     results = workdir / "results"
-    start = resolve_settings(None)
+    start = SamplingSettings()
 
     def limits_text() -> str:
         parts = [_bytes(max_bytes) if max_bytes else None, _pixels(max_pixels) if max_pixels else None]
@@ -312,11 +297,12 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
     stop = threading.Event()   # set by serve() when the server stops: the running job ends at its next step
     busy = threading.Lock()    # held while a job runs, so serve() can wait for it before tearing down
 
-    def on_run(image, scale, preset, steps, guidance, tags, seed, color_fix, progress=gr.Progress()):
+    def on_run(image, scale, preset, steps, guidance, tags, seed, color_fix, strength=1.0,
+               progress=gr.Progress()):
         # preprocess=False: these are the raw values of the request, whatever the page's controls allow
         try:
             req = check_request(scale=scale, preset=preset, steps=steps, guidance=guidance, tags=tags, seed=seed,
-                                color_fix=color_fix, limits=limits)
+                                color_fix=color_fix, strength=strength, limits=limits)
         except ValueError as e:
             raise gr.Error(_one_line(e), print_exception=False) from None
         path, name = _upload(image)
@@ -340,11 +326,9 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
 
         try:
             with busy:
-                r = run_upscale(pipe, path, results, name=name, scale=req["scale"], preset=req["preset"],
-                                steps=req["steps"], guidance=req["guidance"], tags=req["tags"], seed=req["seed"],
-                                color_fix=req["color_fix"], max_upload_bytes=max_bytes, max_pixels=max_pixels,
+                r = run_upscale(pipe, path, results, name=name, max_upload_bytes=max_bytes, max_pixels=max_pixels,
                                 progress=report, model_label=label, max_output_pixels=limits.output_pixels,
-                                should_stop=should_stop)
+                                should_stop=should_stop, **req)
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
             raise gr.Error(_one_line(e), print_exception=False) from None
         finally:
@@ -380,9 +364,9 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
                     preset_in = gr.Radio(PRESET_CHOICES, value="default", label="Preset", elem_id="preset",
                                          info="fidelity: close to the input; realism: more detail")
                 with gr.Row():
-                    steps_in = gr.Slider(*limits.steps[:2], value=int(start["steps"]), step=limits.steps[2],
+                    steps_in = gr.Slider(*limits.steps[:2], value=start.steps, step=limits.steps[2],
                                          label="Steps", elem_id="steps")
-                    guidance_in = gr.Slider(*limits.guidance[:2], value=float(start["guidance"]), step=limits.guidance[2],
+                    guidance_in = gr.Slider(*limits.guidance[:2], value=start.guidance, step=limits.guidance[2],
                                             label="Guidance (1 = off; needs tags)", elem_id="guidance")
                 tags_in = gr.Textbox(label="Tags", placeholder="cat, grass, wooden fence", elem_id="tags",
                                      max_length=limits.tags_chars,
@@ -391,8 +375,12 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
                 with gr.Row():
                     seed_in = gr.Number(value=0, precision=0, label="Seed", elem_id="seed", minimum=limits.seed[0],
                                         maximum=limits.seed[1])
-                    color_in = gr.Radio(list(COLOR_FIXES), value=start["color_fix"], label="Colour fix",
+                    color_in = gr.Radio(list(COLOR_FIXES), value=start.color_fix, label="Colour fix",
                                         elem_id="color-fix")
+                # strength blends towards the model's base image: a model without one has nothing to blend to
+                strength_in = gr.Slider(*limits.strength[:2], value=start.strength, step=limits.strength[2],
+                                        label="Strength (0 = the restoration prior alone)", elem_id="strength",
+                                        visible=pipe.model.base is not None)
                 run_btn = gr.Button("Upscale", variant="primary", elem_id="run")
             with gr.Column(scale=1):
                 compare = gr.ImageSlider(label="Bicubic | LinearSR (drag to compare)", type="filepath",
@@ -401,10 +389,11 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
                 settings_out = gr.JSON(label="Settings used", open=True, elem_id="settings")
 
         # in the browser, no round trip: the controls hold the preset's values before any click can follow
-        table = {p: [int(v["steps"]), float(v["guidance"]), v["color_fix"]]
-                 for p in PRESET_CHOICES for v in [resolve_settings(None if p == "default" else p)]}
+        table = {p: [v.steps, v.guidance, v.color_fix]
+                 for p in PRESET_CHOICES for v in [SamplingSettings(preset=None if p == "default" else p)]}
         preset_in.change(None, preset_in, [steps_in, guidance_in, color_in], js=f"(p) => ({json.dumps(table)})[p]")
-        run_btn.click(on_run, [image, scale_in, preset_in, steps_in, guidance_in, tags_in, seed_in, color_in],
+        run_btn.click(on_run, [image, scale_in, preset_in, steps_in, guidance_in, tags_in, seed_in, color_in,
+                               strength_in],
                       [compare, download, settings_out], preprocess=False, concurrency_id="model",
                       concurrency_limit=1, api_name="upscale")
         if tagger is not None:

@@ -21,19 +21,15 @@ from pathlib import Path
 
 import click
 
+from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
 from . import CONTEXT
 
-# What runs without --preset, as the help shows it. pipeline.DEFAULTS is the truth, but importing it here
-# would load torch for `--help`; tests/test_hardening_cli.py fails when the two disagree.
-DEFAULTS = dict(steps=1, guidance=1.0, color_fix="none")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
 
 
 class _AutoOrInt(click.ParamType):
-    """'auto', optionally 'off', or a whole number of pixels >= `minimum`."""
-
-    name = "auto|PIXELS"
+    """A word ('auto', optionally 'off') or a whole number of pixels >= `minimum`."""
 
     def __init__(self, words: tuple[str, ...], minimum: int) -> None:
         self.words, self.minimum = words, minimum
@@ -49,6 +45,75 @@ class _AutoOrInt(click.ParamType):
         if number < self.minimum:
             self.fail(f"{number} is below the minimum of {self.minimum} pixels", param, ctx)
         return number
+
+
+class _Degradation(click.ParamType):
+    """"noise=0.5,jpeg=0" -> {"noise": 0.5, "jpeg": 0.0}, refused at parse time with the parser's own line."""
+
+    name = "NAME=LEVEL,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        from ..degradation_level import parse_degradation  # torch: only when the option is given
+
+        try:
+            return parse_degradation(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+# The sampling options of `upscale`, in help order; each is built from its settings.KNOBS entry.
+# memory_budget stays a Python/API knob: --tile covers the command line's need.
+CLI_KNOBS = ("preset", "steps", "guidance", "eta", "sampler", "color_fix", "seed", "tags", "strength",
+             "degradation", "tile", "overlap")
+_SHOWN = {"tags": "none", "overlap": "auto", "degradation": "estimated from the input"}
+
+
+def _preset_text(values: dict) -> str:
+    words = {"color_fix": "colour fix"}
+    return ", ".join(f"{words.get(k, k)} {v:g}" if isinstance(v, float) else f"{words.get(k, k)} {v}"
+                     for k, v in values.items())
+
+
+def _knob_type(name: str) -> click.ParamType:
+    knob = KNOBS[name]
+    if name == "degradation":
+        return _Degradation()
+    if knob.choices and knob.lo is not None:
+        return _AutoOrInt(knob.choices, int(knob.lo))
+    if knob.choices:
+        return click.Choice(knob.choices)
+    if knob.lo is None:
+        return click.STRING
+    bounds = (int(knob.lo), None if knob.hi is None else int(knob.hi)) if knob.whole else (knob.lo, knob.hi)
+    return (click.IntRange if knob.whole else click.FloatRange)(*bounds)
+
+
+def knob_option(name: str):
+    """`--name` for one settings knob: type, choices and range from KNOBS, and the default the pipeline
+    really uses in the help. Its click default is None, so an option not given leaves the knob to the
+    preset and the settings' defaults (SamplingSettings resolves it, not the command line)."""
+    knob, shown = KNOBS[name], _SHOWN.get(name)
+    text = knob.help
+    if name == "preset":
+        text += " " + "; ".join(f"{p} ({PRESET_NOTES[p]}): {_preset_text(v)}" for p, v in PRESETS.items()) + "."
+        shown = f"none: {_preset_text(DEFAULTS)}"
+    elif name in PRESET_KNOBS:
+        value = DEFAULTS[name]
+        shown = f"from the preset, else {value:g}" if isinstance(value, float) else f"from the preset, else {value}"
+        if name == "eta":
+            shown += "; always 0 with heun"
+    elif shown is None:
+        shown = f"{knob.default:g}" if isinstance(knob.default, float) else str(knob.default)
+    return click.option(f"--{name.replace('_', '-')}", name, type=_knob_type(name), default=None, help=text,
+                        show_default=shown)
+
+
+def knob_options(f):
+    for name in reversed(CLI_KNOBS):
+        f = knob_option(name)(f)
+    return f
 
 
 def _rank_world() -> tuple[int, int]:
@@ -131,21 +196,7 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Overall enlargement, any factor (e.g. 3 or 2.5).", show_default="the model's native factor")
 @click.option("--long-side", type=click.IntRange(min=1), default=None, metavar="N",
               help="Make the longer output side N pixels (instead of --scale).", show_default="not set")
-@click.option("--preset", type=click.Choice(["fidelity", "realism"]), default=None,
-              help="fidelity: 1 step, no guidance, close to the input; realism: more steps, guidance, detail.",
-              show_default="none: steps {steps}, guidance {guidance:g}, colour fix {color_fix}".format(**DEFAULTS))
-@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps per pass.",
-              show_default=f"from the preset, else {DEFAULTS['steps']}")
-@click.option("--guidance", type=float, default=None, help="Tag guidance scale (1 = none; needs --tags).",
-              show_default=f"from the preset, else {DEFAULTS['guidance']:g}")
-@click.option("--tags", default=None, help='Comma-separated object tags, e.g. "cat, grass".', show_default="none")
-@click.option("--seed", type=int, default=0, help="Random seed; the same seed gives the same output.")
-@click.option("--color-fix", type=click.Choice(["wavelet", "adain", "none"]), default=None,
-              help="Pull colours back to the input's.", show_default=f"from the preset, else {DEFAULTS['color_fix']}")
-@click.option("--tile", type=_AutoOrInt(("auto", "off"), 16), default="auto",
-              help="Tile side in output pixels, auto (tiles only when memory requires), or off.")
-@click.option("--overlap", type=_AutoOrInt(("auto",), 0), default="auto",
-              help="Tile overlap in output pixels (auto = a quarter of the tile).")
+@knob_options
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
               help="auto = cuda, else mps, else cpu.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
@@ -163,18 +214,37 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Refuse inputs with more pixels than this (decompression-bomb guard; 0 = no limit).")
 @click.option("--quiet", is_flag=True, help="No progress output (failures and their summary still print).",
               show_default="off")
-def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, tags, seed, color_fix, tile,
-            overlap, device, precision, compile_, fmt, overwrite, save_meta, max_pixels, quiet) -> None:
+def upscale(inputs, output, model, scale, long_side, device, precision, compile_, fmt, overwrite, save_meta,
+            max_pixels, quiet, **knobs) -> None:
     """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
-    from .. import __version__, imageio
+    from .. import imageio
     from ..checkpoint import load_config, resolve_model_path
-    from ..pipeline import LinearSR, parse_tags, resolve_device, resolve_settings
+    from ..pipeline import LinearSR, resolve_device
 
-    settings = resolve_settings(preset, steps=steps, guidance=guidance, color_fix=color_fix)
+    settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
     suffix = _suffix(scale, long_side, config.scale)
+    files, targets = _plan_batch(inputs, output, suffix, fmt, imageio)
+    rank, world = _rank_world()
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
+    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
+    job = _Job(pipe, settings, scale, long_side, overwrite, max_pixels,
+               meta=dict(model=str(model)) if save_meta else None)
+    tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
+    done, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty, lines=not quiet and not tty,
+                              tag=tag)
+    if not quiet or failed:
+        click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _plan_batch(inputs, output, suffix: str, fmt: str, imageio) -> tuple[list, dict]:
+    """The input files and where each result goes (or the error to report for it), decided before any work."""
     out_path = Path(output) if output else None
     files = collect_inputs(inputs, suffix, exclude=out_path)  # never walk into our own output folder
     if not files:
@@ -187,19 +257,42 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
     if out_path is not None and as_folder and not out_path.exists() and out_path.suffix.lower() in IMAGE_SUFFIXES:
         raise click.UsageError(f"-o {output}: {len(files)} inputs need an output folder, and this names an image "
                                f"file; give a folder (e.g. -o outputs/)")
-    targets = plan_outputs(files, out_path, as_folder, suffix, fmt, imageio)
+    return files, plan_outputs(files, out_path, as_folder, suffix, fmt, imageio)
 
-    rank, world = _rank_world()
-    mine = files[rank::world]
-    dev = resolve_device(device)
-    if world > 1 and dev.type == "cuda":
-        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
-    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
-    tty = sys.stderr.isatty() and rank == 0
-    bars, lines = not quiet and tty, not quiet and not tty
-    tag = f"[rank {rank}] " if world > 1 else ""
 
+class _Job:
+    """What every file of the batch is upscaled with: the pipeline, one SamplingSettings, the output size."""
+
+    def __init__(self, pipe, settings: SamplingSettings, scale, long_side, overwrite: bool, max_pixels: int,
+                 meta: dict | None) -> None:
+        self.pipe, self.settings, self.scale, self.long_side = pipe, settings, scale, long_side
+        self.overwrite, self.max_pixels, self.meta = overwrite, max_pixels or None, meta
+
+    def run(self, path: Path, dest: Path, progress, imageio):
+        """Upscale `path` into `dest`; returns the written image (for its size)."""
+        from .. import __version__
+
+        if dest.exists() and not self.overwrite:
+            raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
+        _check_writable(dest, imageio)  # before the model runs, not after
+        loaded = imageio.load_image(path, max_pixels=self.max_pixels)
+        rgb, alpha = self.pipe.enhance_arrays(loaded.rgb, loaded.alpha, self.settings, scale=self.scale,
+                                              long_side=self.long_side, progress=progress)
+        image = imageio.to_output_pil(rgb, alpha, like=loaded)
+        meta = None
+        if self.meta is not None:  # what was used, so the result can be reproduced
+            used = dict(self.meta, **self.settings.to_dict(), scale=self.scale, long_side=self.long_side,
+                        size=list(image.size), passes=self.pipe.last_run.get("passes"))
+            meta = {"Software": f"linearsr {__version__}", "linearsr": json.dumps(used, sort_keys=True)}
+        imageio.save_image(image, dest, overwrite=self.overwrite, metadata=meta)
+        return image
+
+
+def _run_batch(job: _Job, mine: list, targets: dict, *, bars: bool, lines: bool, tag: str) -> tuple[int, int]:
+    """Every file of this rank, one line per failure (the batch goes on); returns (done, failed)."""
     from tqdm import tqdm
+
+    from .. import imageio
 
     if threading.current_thread() is threading.main_thread():
         # `kill` unwinds like Ctrl-C, so the output being written removes its temp file instead of leaving it
@@ -208,39 +301,20 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
     file_bar = tqdm(total=len(mine), unit="img", disable=not bars, file=sys.stderr, dynamic_ncols=True)
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, *a, **k: click.echo(f"linearsr: warning: {msg}", err=True)
-        for path, root in mine:
+        for path, _root in mine:
             start = time.perf_counter()
+            step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
+                            desc=path.name, dynamic_ncols=True)
+
+            def progress(n: int, total: int, bar=step_bar) -> None:
+                bar.total = total
+                bar.update(n - bar.n)
+
             try:
                 dest = targets[path]
                 if isinstance(dest, Exception):
                     raise dest
-                if dest.exists() and not overwrite:
-                    raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
-                _check_writable(dest, imageio)  # before the model runs, not after
-                loaded = imageio.load_image(path, max_pixels=max_pixels or None)
-                step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
-                                desc=path.name, dynamic_ncols=True)
-
-                def progress(n: int, total: int, bar=step_bar) -> None:
-                    bar.total = total
-                    bar.update(n - bar.n)
-
-                try:
-                    rgb, alpha = pipe.enhance_arrays(
-                        loaded.rgb, loaded.alpha, scale=scale, long_side=long_side, preset=preset, steps=steps,
-                        guidance=guidance, tags=tags, seed=seed, color_fix=color_fix, tile=tile,
-                        overlap=None if overlap == "auto" else overlap, progress=progress)
-                finally:
-                    step_bar.close()
-                image = imageio.to_output_pil(rgb, alpha, like=loaded)
-                meta = None
-                if save_meta:
-                    meta = {"Software": f"linearsr {__version__}", "linearsr": json.dumps(dict(
-                        model=str(model), preset=preset, steps=int(settings["steps"]), seed=seed,
-                        tags=parse_tags(tags), guidance=float(settings["guidance"]), eta=float(settings["eta"]),
-                        color_fix=settings["color_fix"], scale=scale, long_side=long_side,
-                        size=list(image.size), passes=pipe.last_run.get("passes")), sort_keys=True)}
-                imageio.save_image(image, dest, overwrite=overwrite, metadata=meta)
+                image = job.run(path, dest, progress, imageio)
             except (imageio.ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
                 failed += 1
                 reason = " ".join(str(e).split()) or type(e).__name__
@@ -251,12 +325,11 @@ def upscale(inputs, output, model, scale, long_side, preset, steps, guidance, ta
                 if lines:
                     w, h = image.size
                     click.echo(f"{tag}{path} -> {dest} ({w}x{h}, {time.perf_counter() - start:.1f} s)", err=True)
+            finally:
+                step_bar.close()
             file_bar.update(1)
     file_bar.close()
-    if not quiet or failed:
-        click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)
-    if failed:
-        sys.exit(1)
+    return done, failed
 
 
 def _terminate(signum, frame):
