@@ -8,13 +8,14 @@ import torch
 
 from linearsr.train import train
 from linearsr.train_config import TrainConfig
+from linearsr.train_hooks import TrainHooks
 
 
-class Record:
+class Record(TrainHooks):
     def __init__(self):
         self.sums = []
 
-    def after_step(self, step, model, **_):
+    def after_step(self, *, step, model, **_):
         self.sums.append(float(sum(p.double().sum() for p in model.parameters())))
 
 

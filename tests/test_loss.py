@@ -7,7 +7,7 @@ from linearsr.data import seed_for
 from linearsr.loss import FlowMatchingLoss
 from linearsr.model import LinearSRModel
 from linearsr.schedule import TimeSampler
-from linearsr.train import validation_loss
+from linearsr.validation import validation_loss
 
 
 def setup(**config):

@@ -15,13 +15,14 @@ as the knee, with that reason in knee.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from pathlib import Path
 
 from .esgf import update_knee
-from .train_config import TrainConfig
-from .train_state import list_snapshots
+from .run_dir import RunDir
+from .train import train
+from .train_config import TrainConfig, read_yaml
 
 
 def load_recipe(path: str | Path) -> list[dict]:
@@ -42,60 +43,60 @@ def load_recipe(path: str | Path) -> list[dict]:
 
 
 def is_recipe(path: str | Path) -> bool:
-    from .train_config import read_yaml  # a syntax error is one line, not a traceback
-
-    raw = read_yaml(path)
+    raw = read_yaml(path)  # a syntax error is one line, not a traceback
     return isinstance(raw, dict) and "stages" in raw
 
 
-def finalize_knee(run_dir: Path) -> dict:
+def finalize_knee(run_dir: RunDir | Path) -> dict:
     """The knee of a finished stage (see the module docstring for runs that never passed it)."""
-    result = update_knee(run_dir, plot=True) or {"found": False, "phase": "too_short", "reason": "no validation"}
+    run = RunDir.of(run_dir)
+    result = update_knee(run, plot=True) or {"found": False, "phase": "too_short", "reason": "no validation"}
     if result.get("found"):
         return result
-    snaps = list_snapshots(run_dir)
+    snaps = run.snapshot_steps()
     if not snaps:
-        raise ValueError(f"{run_dir}: the stage left no snapshots to continue from")
+        raise ValueError(f"{run}: the stage left no snapshots to continue from")
     step = max(snaps)
     knee = {"found": True, "step": step, "phase": result.get("phase"), "confidence": 0.0,
             "snapshot": str(snaps[step]), "reason": f"no oscillation or decline seen ({result.get('reason')}); "
                                                    f"the last snapshot, step {step}, is taken as the knee"}
-    tmp = run_dir / ".knee.json.tmp"
-    tmp.write_text(json.dumps(knee, indent=1))
-    os.replace(tmp, run_dir / "knee.json")
+    run.write_json(run.knee, knee)
     return knee
 
 
 def run_stages(recipe: str | Path, out: str | Path, which: str = "all", overrides: list[str] = (),
                progress: bool = True, echo=print) -> list[dict]:
     """Run the selected stages (comma-separated names, or "all") in order; returns one summary per stage."""
-    from .train import train
-
     stages = load_recipe(recipe)
     names = [s["name"] for s in stages]
     wanted = names if which == "all" else [w.strip() for w in which.split(",")]
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; the recipe has {', '.join(names)}")
-    out = Path(out)
+    out = RunDir.of(out)
     summaries, previous = [], None
     for stage in stages:
-        run_dir = out / stage["name"]
+        run = out.stage(stage["name"])
         if stage["name"] in wanted:
-            done = run_dir / "stage_done.json"
-            if done.is_file():
-                echo(f"[{stage['name']}] already done, skipped")
-                summaries.append(json.loads(done.read_text()))
-            else:
-                cfg = TrainConfig.load(stage["config"], [*stage["overrides"], *overrides])
-                if previous is not None:
-                    cfg.init_from = str(previous)
-                echo(f"[{stage['name']}] training in {run_dir}" + (f" from the knee of {previous}" if previous else ""))
-                summary = train(cfg, run_dir, resume=True, progress=progress)
-                knee = finalize_knee(run_dir)
-                summary = {"stage": stage["name"], **summary, "knee_step": knee["step"]}
-                done.write_text(json.dumps(summary, indent=1))
-                echo(f"[{stage['name']}] done at step {summary['step']}; knee at step {knee['step']}")
-                summaries.append(summary)
-        previous = run_dir
+            summaries.append(_run_stage(stage, run, previous, overrides, progress, echo))
+        previous = run
     return summaries
+
+
+def _run_stage(stage: dict, run: RunDir, previous: RunDir | None, overrides, progress: bool, echo) -> dict:
+    """One stage: skipped when stage_done.json says it finished, else trained (resuming) from the knee of
+    `previous`, then its knee fixed and stage_done.json written."""
+    name = stage["name"]
+    if run.stage_done.is_file():
+        echo(f"[{name}] already done, skipped")
+        return json.loads(run.stage_done.read_text())
+    cfg = TrainConfig.load(stage["config"], [*stage["overrides"], *overrides])
+    if previous is not None:  # a new config rather than an edit: the loaded one stays as its file says
+        cfg = dataclasses.replace(cfg, init_from=str(previous))
+    echo(f"[{name}] training in {run}" + (f" from the knee of {previous}" if previous else ""))
+    summary = train(cfg, run, resume=True, progress=progress)
+    knee = finalize_knee(run)
+    summary = {"stage": name, **summary, "knee_step": knee["step"]}
+    run.stage_done.write_text(json.dumps(summary, indent=1))
+    echo(f"[{name}] done at step {summary['step']}; knee at step {knee['step']}")
+    return summary

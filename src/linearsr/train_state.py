@@ -1,14 +1,5 @@
-"""Training state on disk: exact resume, atomic writes, no pickle, and a retention policy for snapshots.
-
-Run folder layout:
-
-    RUN/config.yaml            resolved training config
-    RUN/metrics.jsonl          one JSON object per log line: {"kind": "train"|"val"|"event", "step": ...}
-    RUN/state/                 latest full state: weights, EMA, optimizer (safetensors) + state.json
-    RUN/state.prev/            the state saved before it, the fallback when the latest one is damaged
-    RUN/snapshots/step_NNNNNNN/  model folders (EMA weights + config.json), one per validation
-    RUN/curves.png             loss and validation curves
-    RUN/knee.json              ESGF knee (when detected); its snapshot is never pruned
+"""Training state on disk: exact resume, atomic writes, no pickle, the metrics log and a retention policy
+for snapshots. Where each file lives is `run_dir.RunDir`'s business; these functions take a RunDir or a path.
 
 Everything random in training derives from (seed, step), so weights + EMA + optimizer + step are the whole
 state: resuming reproduces an uninterrupted run bit for bit on the same machine and settings.
@@ -24,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,10 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import first_non_finite
+from .run_dir import RunDir
 
-
-SNAPSHOT_RE = re.compile(r"^step_(\d+)$")
-STATE, PREVIOUS = "state", "state.prev"
 TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
 
 
@@ -87,14 +75,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+def save_train_state(run_dir: RunDir | Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
                      step: int, extra: dict | None = None) -> None:
     """Write the state atomically into RUN/state; the one it replaces becomes RUN/state.prev. Refuses
     weights with NaN/inf: a state on disk is always one training can go on from."""
+    run = RunDir.of(run_dir)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     bad = first_non_finite(weights) or first_non_finite(ema.shadow)
     if bad is not None:
-        raise StateError(f"{run_dir / STATE}: not saved at step {step}: tensor {bad} holds NaN/inf; the last "
+        raise StateError(f"{run.state}: not saved at step {step}: tensor {bad} holds NaN/inf; the last "
                          f"good state is kept")
 
     def write(tmp: Path) -> None:
@@ -106,9 +95,9 @@ def save_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer:
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta, "extra": extra or {},
                                                     "sha256": sums}, indent=1))
 
-    final, previous = run_dir / STATE, run_dir / PREVIOUS
+    final, previous = run.state, run.state_prev
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{STATE}.tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
     try:
         write(tmp)
         # Each moment leaves a loadable state: a crash between the two renames leaves only state.prev,
@@ -151,12 +140,12 @@ def check_state(folder: Path) -> tuple[dict, dict]:
     return meta, tensors
 
 
-def load_train_state(run_dir: Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+def load_train_state(run_dir: RunDir | Path, model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
                      notify: Callable[[str], None] | None = None) -> tuple[int, dict]:
     """Load the newest state that checks out (RUN/state, else RUN/state.prev); `notify` gets one line when
     the latest is skipped. Raises StateError when none can be trusted."""
-    problems = []
-    for folder in (run_dir / STATE, run_dir / PREVIOUS):
+    problems, run = [], RunDir.of(run_dir)
+    for folder in (run.state, run.state_prev):
         if not folder.exists():
             continue
         try:
@@ -186,15 +175,16 @@ def _restore(meta: dict, tensors: dict, model, ema: EMA, optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
 
 
-def has_train_state(run_dir: Path) -> bool:
-    return any((run_dir / name / "state.json").is_file() for name in (STATE, PREVIOUS))
+def has_train_state(run_dir: RunDir | Path) -> bool:
+    run = RunDir.of(run_dir)
+    return any((folder / "state.json").is_file() for folder in (run.state, run.state_prev))
 
 
-def truncate_metrics(run_dir: Path, step: int, lines: int | None) -> int:
+def truncate_metrics(run_dir: RunDir | Path, step: int, lines: int | None) -> int:
     """Cut metrics.jsonl back to what it held when the resumed state (at `step`) was saved, so rows
     logged after that state are not duplicated by the resumed run. `lines`: the count the state recorded;
     None (older states) keeps train/val rows up to `step` and events before it. Returns rows dropped."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir.of(run_dir).metrics
     if not path.is_file():
         return 0
     rows = [line for line in path.read_text().splitlines() if line.strip()]
@@ -218,29 +208,33 @@ def truncate_metrics(run_dir: Path, step: int, lines: int | None) -> int:
     return len(rows) - len(kept)
 
 
-def metrics_line_count(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
+def metrics_line_count(run_dir: RunDir | Path) -> int:
+    path = RunDir.of(run_dir).metrics
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
-def snapshot_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "snapshots" / f"step_{step:07d}"
+def snapshot_dir(run_dir: RunDir | Path, step: int) -> Path:
+    return RunDir.of(run_dir).snapshot(step)
 
 
-def list_snapshots(run_dir: Path) -> dict[int, Path]:
-    folder = run_dir / "snapshots"
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for p in folder.iterdir():
-        m = SNAPSHOT_RE.match(p.name)
-        if m and (p / "model.safetensors").is_file():
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
+def list_snapshots(run_dir: RunDir | Path) -> dict[int, Path]:
+    return RunDir.of(run_dir).snapshot_steps()
 
 
-def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+class MetricsLog:
+    """Appends rows to metrics.jsonl; only rank 0 writes (`enabled`), the other ranks call it all the same."""
+
+    def __init__(self, run_dir: RunDir | Path, enabled: bool) -> None:
+        self.path, self.enabled = RunDir.of(run_dir).metrics, enabled
+
+    def write(self, kind: str, **row) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"kind": kind, **row}) + "\n")
+
+
+def read_metrics(run_dir: RunDir | Path, kind: str | None = None) -> list[dict]:
+    path = RunDir.of(run_dir).metrics
     if not path.is_file():
         return []
     rows = []
@@ -255,11 +249,10 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
     return rows
 
 
-def pinned_steps(run_dir: Path) -> set[int]:
+def pinned_steps(run_dir: RunDir | Path) -> set[int]:
     """Snapshots that retention must keep: the knee (knee.json) and any listed in pinned.json."""
-    pins = set()
-    for name in ("knee.json", "pinned.json"):
-        path = run_dir / name
+    pins, run = set(), RunDir.of(run_dir)
+    for path in (run.knee, run.pinned):
         if path.is_file():
             data = json.loads(path.read_text())
             steps = data.get("steps", []) + ([data["step"]] if data.get("step") is not None else [])
@@ -267,7 +260,7 @@ def pinned_steps(run_dir: Path) -> set[int]:
     return pins
 
 
-def prune_snapshots(run_dir: Path, keep_last: int, keep_every: int, keep_best: bool, metric: str = "psnr") -> list[int]:
+def prune_snapshots(run_dir: RunDir | Path, keep_last: int, keep_every: int, keep_best: bool, metric: str = "psnr") -> list[int]:
     """Delete snapshots no rule keeps; returns the steps deleted. Metrics of every snapshot stay in
     metrics.jsonl whatever happens to its weights."""
     snaps = list_snapshots(run_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -22,32 +21,37 @@ def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> N
     import torch
 
     from ..checkpoint import load_pretrained
-    from ..train_state import list_snapshots, read_metrics
+    from ..run_dir import RunDir
 
-    folder = source
-    if (source / "snapshots").is_dir():
-        snaps = list_snapshots(source)
-        if not snaps:
-            raise click.ClickException(f"{source}: no snapshots")
-        if pick == "knee":
-            knee = source / "knee.json"
-            if not knee.is_file():
-                raise click.ClickException(f"{source}: no knee.json; run `linearsr knee {source}` or use --pick best|last")
-            step = json.loads(knee.read_text())["step"]
-        elif pick == "best":
-            vals = [r for r in read_metrics(source, "val") if r["step"] in snaps]
-            step = max(vals, key=lambda r: r["psnr"])["step"]
-        else:
-            step = max(snaps)
-        if step not in snaps:
-            raise click.ClickException(f"{source}: snapshot of step {step} was pruned")
-        folder = snaps[step]
+    run = RunDir(source)
+    folder = _pick_snapshot(run, pick) if run.is_run() else source
     model = load_pretrained(folder)
     model.config.provenance = {**model.config.provenance, "exported_from": str(folder), "picked": pick}
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
     size = (out / "model.safetensors").stat().st_size
     click.echo(f"wrote {out} ({size / 1e6:.1f} MB, {dtype}) from {folder}")
+
+
+def _pick_snapshot(run, pick: str) -> Path:
+    """The snapshot folder of a run that --pick names; a click error when it does not exist."""
+    from ..train_state import read_metrics
+
+    snaps = run.snapshot_steps()
+    if not snaps:
+        raise click.ClickException(f"{run}: no snapshots")
+    if pick == "knee":
+        step = run.knee_step()
+        if step is None:
+            raise click.ClickException(f"{run}: no knee.json; run `linearsr knee {run}` or use --pick best|last")
+    elif pick == "best":
+        vals = [r for r in read_metrics(run, "val") if r["step"] in snaps]
+        step = max(vals, key=lambda r: r["psnr"])["step"]
+    else:
+        step = max(snaps)
+    if step not in snaps:
+        raise click.ClickException(f"{run}: snapshot of step {step} was pruned")
+    return snaps[step]
 
 
 COMMANDS = [export]

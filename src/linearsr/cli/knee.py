@@ -17,19 +17,20 @@ from . import CONTEXT
 def knee(run_dir: Path, metrics: tuple[str, ...]) -> None:
     """Find the knee (last checkpoint before validation metrics start to oscillate or decline); write
     knee.json and knee.png into the run folder."""
-    from .. import esgf
+    from ..esgf import update_knee
+    from ..run_dir import RunDir
 
-    if metrics:
-        esgf.KNEE_METRICS = {m: not m.startswith("val_loss") for m in metrics}
-    result = esgf.update_knee(run_dir, plot=True)
+    run = RunDir(run_dir)
+    chosen = {m: not m.startswith("val_loss") for m in metrics} or None  # None: the default metrics
+    result = update_knee(run, plot=True, metrics=chosen)
     if result is None:
-        raise click.ClickException(f"{run_dir}: no validation metrics yet")
+        raise click.ClickException(f"{run}: no validation metrics yet")
     if result["found"]:
         click.echo(f"knee at step {result['step']} ({result['phase']}, confidence {result['confidence']:.2f}): "
                    f"{result['reason']}")
-        click.echo(f"wrote {run_dir / 'knee.json'} and {run_dir / 'knee.png'}")
+        click.echo(f"wrote {run.knee} and {run.knee_plot}")
     else:
-        click.echo(f"no knee yet ({result['phase']}): {result['reason']}; wrote {run_dir / 'knee.png'}")
+        click.echo(f"no knee yet ({result['phase']}): {result['reason']}; wrote {run.knee_plot}")
 
 
 COMMANDS = [knee]

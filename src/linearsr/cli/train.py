@@ -27,6 +27,7 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
     pairs such as optim.lr=2e-4 steps=5000 (applied to every stage of a recipe)."""
     from ..stages import is_recipe, load_recipe, run_stages
     from ..train_config import TrainConfig
+    from ..train_hooks import TrainingStopped
 
     if is_recipe(config):
         out = run_dir or Path("runs") / config.stem
@@ -35,8 +36,6 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
                 click.echo(f"# stage {stage['name']}: {stage['config']}")
                 click.echo(TrainConfig.load(stage["config"], [*stage["overrides"], *overrides]).to_yaml())
             return
-        from ..train import TrainingStopped
-
         try:
             run_stages(config, out, stages or "all", list(overrides), progress=not quiet, echo=click.echo)
         except TrainingStopped as e:
@@ -54,7 +53,7 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
     if dry_run:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from ..train import TrainingStopped, train as run
+    from ..train import train as run
 
     run_dir = run_dir or Path("runs") / config.stem
     try:

@@ -1,0 +1,120 @@
+"""The run folder: where each file of a training run lives, named in one place.
+
+    RUN/config.yaml              resolved training config
+    RUN/metrics.jsonl            one JSON object per log line: {"kind": "train"|"val"|"event", "step": ...}
+    RUN/state/                   latest full state: weights, EMA, optimizer (safetensors) + state.json
+    RUN/state.prev/              the state saved before it, the fallback when the latest one is damaged
+    RUN/snapshots/step_NNNNNNN/  model folders (EMA weights + config.json), one per validation
+    RUN/curves.png               loss and validation curves
+    RUN/knee.json                ESGF knee (when detected); its snapshot is never pruned
+    RUN/knee.png                 the knee detector's plot (`linearsr knee`, end of a stage)
+    RUN/pinned.json              {"steps": [...]}: more snapshots retention must keep
+    RUN/stage_done.json          a finished stage of a recipe (its summary); RUN/<stage>/ per stage
+
+Run folders written before this class existed have exactly this layout, so they load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SNAPSHOT_RE = re.compile(r"^step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, run: "str | os.PathLike | RunDir") -> "RunDir":
+        """Accept a RunDir or any path, so callers holding a plain folder path keep working."""
+        return run if isinstance(run, RunDir) else cls(Path(run))
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    # ---- the layout ----
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def state_prev(self) -> Path:
+        return self.root / "state.prev"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    def snapshot(self, step: int) -> Path:
+        return self.snapshots / f"step_{step:07d}"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def knee(self) -> Path:
+        return self.root / "knee.json"
+
+    @property
+    def knee_plot(self) -> Path:
+        return self.root / "knee.png"
+
+    @property
+    def pinned(self) -> Path:
+        return self.root / "pinned.json"
+
+    @property
+    def stage_done(self) -> Path:
+        return self.root / "stage_done.json"
+
+    def stage(self, name: str) -> "RunDir":
+        """The run folder of one stage of a recipe run into this folder."""
+        return RunDir(self.root / name)
+
+    # ---- small readers and writers of those files ----
+    def is_run(self) -> bool:
+        """A run folder (as opposed to a model folder): it has a snapshots/ folder."""
+        return self.snapshots.is_dir()
+
+    def knee_step(self) -> int | None:
+        """The step knee.json names, or None when there is no knee file."""
+        if not self.knee.is_file():
+            return None
+        return int(json.loads(self.knee.read_text())["step"])
+
+    def write_json(self, path: Path, data: dict) -> None:
+        """Write atomically: a reader (or a kill) never sees half a knee.json."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+    def snapshot_steps(self) -> dict[int, Path]:
+        """step -> folder of every complete snapshot (one with its weights file), in step order."""
+        if not self.snapshots.is_dir():
+            return {}
+        found = {}
+        for p in self.snapshots.iterdir():
+            m = SNAPSHOT_RE.match(p.name)
+            if m and (p / "model.safetensors").is_file():
+                found[int(m.group(1))] = p
+        return dict(sorted(found.items()))
