@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.checkpoint import CheckpointError, load_pretrained
+from linearsr.checkpoint import CheckpointError
+from linearsr.model import load_pretrained
 from linearsr.config import ModelConfig
 from linearsr.model import LinearSRModel
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from linearsr.attention import SelfAttention
-from linearsr.bench import ROW_KEYS, PeakMemory, build_model, count_flops, forward_flops, run_job
+from linearsr.bench import ROW_KEYS, build_model, count_flops, forward_flops, run_job
+from linearsr.procinfo import PeakMemory
 from linearsr.cli import main
 from linearsr.cli.eval import eval_cmd
 from linearsr.degradations import KINDS

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import linearsr.train as train_mod
 from conftest import tiny_config
-from linearsr.checkpoint import CheckpointError, load_config, load_pretrained
+from linearsr.checkpoint import CheckpointError, load_config
+from linearsr.model import load_pretrained
 from linearsr.cli import main
 from linearsr.esgf import update_knee
 from linearsr.model import LinearSRModel

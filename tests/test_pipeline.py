@@ -12,7 +12,7 @@ from linearsr.model import LinearSRModel
 from linearsr.pipeline import LinearSR, count_passes, output_size
 from linearsr.tags import parse_tags
 from linearsr.sample import super_resolve
-from linearsr.tiling import estimate_peak_memory, tiled_peak_memory
+from linearsr.memory import estimate_peak_memory, tiled_peak_memory
 
 
 @pytest.fixture

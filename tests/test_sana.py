@@ -13,7 +13,8 @@ from linearsr.config import ModelConfig  # noqa: E402
 from linearsr.latent import DCAECodec, tiled_apply  # noqa: E402
 from linearsr.loss import FlowMatchingLoss  # noqa: E402
 from linearsr.model import LinearSRModel  # noqa: E402
-from linearsr.sana_import import SanaImportError, import_sana, load_weights  # noqa: E402
+from linearsr.diffusers_folder import SanaImportError, load_weights
+from linearsr.sana_import import import_sana  # noqa: E402
 from linearsr.sample import super_resolve  # noqa: E402
 
 SANA_KW = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,

@@ -8,8 +8,8 @@ from conftest import randomize, tiny_config
 from linearsr.config import ModelConfig
 from linearsr.model import LinearSRModel
 from linearsr.sample import super_resolve
-from linearsr.tiling import (TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, latent_align, plan_memory, plan_tiles,
-                             tile_positions, tiled_peak_memory)
+from linearsr.memory import estimate_peak_memory, ffn_chunk_rows_for, plan_memory, plan_tiles, tiled_peak_memory
+from linearsr.tiling import TiledVelocity, latent_align, tile_positions
 
 
 def gradient_lr(h=16, w=16):

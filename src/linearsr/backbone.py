@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import LinearSRBlock, modulate
 from .config import ModelConfig
-from .degradation_level import NAMES as DEGRADATION_NAMES
+from .degradation_kinds import LEVELS as DEGRADATION_NAMES
 from .stem import LRStem
 
 

@@ -18,13 +18,11 @@ module category (forward hooks). The peers (Real-ESRGAN x4plus, SPAN alone) are 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,54 +30,7 @@ import torch
 
 from .precision import AMP_DTYPES as PRECISIONS  # resolved precision name -> autocast dtype
 from .precision import resolve_precision
-
-
-def proc_status_bytes(field: str) -> int | None:
-    """A `kB` field of /proc/self/status (VmRSS, VmHWM) in bytes; None where there is no /proc."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next((int(l.split()[1]) * 1024 for l in fh if l.startswith(field + ":")), None)
-    except OSError:
-        return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False where that is impossible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """`with PeakMemory(device) as m: ...` then m.peak_bytes (growth over the start), m.peak_rss_bytes
-    (absolute process peak) and, on CUDA, m.cuda_peak_bytes (which is then also m.peak_bytes)."""
-
-    METHOD = ("resident-set growth (/proc VmHWM after a clear_refs reset, minus VmRSS at the start); "
-              "CUDA: torch.cuda.max_memory_allocated")
-
-    def __init__(self, device="cpu") -> None:
-        self.device = torch.device(device)
-        self.peak_bytes = self.peak_rss_bytes = self.cuda_peak_bytes = 0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._cuda0 = torch.cuda.memory_allocated(self.device)
-        self._reset = reset_peak_rss()
-        self._rss0 = proc_status_bytes("VmRSS") or 0
-        self._hwm0 = proc_status_bytes("VmHWM") or 0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.peak_rss_bytes = proc_status_bytes("VmHWM") or 0
-        self.peak_bytes = max(0, self.peak_rss_bytes - (self._rss0 if self._reset else self._hwm0))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.cuda_peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._cuda0
-            self.peak_bytes = self.cuda_peak_bytes
+from .procinfo import PeakMemory, measurement_child, run_measurement, sync, timed
 
 
 def build_model(model: str | None = None, size: str | None = None, attention: str | None = None,
@@ -87,7 +38,8 @@ def build_model(model: str | None = None, size: str | None = None, attention: st
     """A LinearSRModel in eval mode without gradients: a folder / bundled name (`model`), or random weights
     of a named size from config.MODEL_SIZES (speed does not depend on the weights). `attention`
     overrides the kind (same parameters either way). `fake=True` returns the config only."""
-    from .checkpoint import load_config, load_pretrained
+    from .checkpoint import load_config
+    from .model import load_pretrained
     from .config import ModelConfig
     from .model import LinearSRModel
 
@@ -141,7 +93,7 @@ def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, repeats
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = _timed(lambda: a @ b, device, repeats, warmup=1)
+    times = timed(lambda: a @ b, device, repeats, warmup=1)
     return 2 * n**3 / min(times)
 
 
@@ -154,30 +106,6 @@ def describe_device(device) -> str:
     except (OSError, StopIteration):
         name = "unknown CPU"
     return f"cpu: {name}, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs"
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, repeats: int, warmup: int = 0, budget: float = math.inf,
-           thread_cpu: list[float] | None = None) -> list[float]:
-    """Wall times of `repeats` calls after `warmup` untimed ones; stops early (>= 1 run) past `budget` s.
-    `thread_cpu`, when given, receives each call's CPU time of the calling thread (with one torch thread
-    that is all the work, and it does not count time spent descheduled on a shared machine)."""
-    for _ in range(warmup):
-        fn()
-        _sync(device)
-    times: list[float] = []
-    while len(times) < max(1, repeats) and (not times or sum(times) < budget):
-        start, start_cpu = time.perf_counter(), time.thread_time()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        if thread_cpu is not None:
-            thread_cpu.append(time.thread_time() - start_cpu)
-    return times
 
 
 def measure_config(job: dict) -> dict:
@@ -210,8 +138,8 @@ def measure_config(job: dict) -> dict:
     budget = job.get("budget", math.inf)
     with torch.no_grad(), PeakMemory(device) as mem:
         nfe_cpu: list[float] = []
-        nfe = _timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2, nfe_cpu)
-        total = _timed(lambda: super_resolve(net, lr, steps=job["steps"], velocity=velocity), device,
+        nfe = timed(lambda: velocity(x, t, lr), device, job["repeats"], job["warmup"], budget / 2, nfe_cpu)
+        total = timed(lambda: super_resolve(net, lr, steps=job["steps"], velocity=velocity), device,
                        job["repeats"], 0, budget / 2)
     return {"nfe1_s": statistics.median(nfe), "nfe1_runs": nfe, "nfe1_thread_cpu_s": statistics.median(nfe_cpu),
             "total_s": statistics.median(total),
@@ -219,25 +147,9 @@ def measure_config(job: dict) -> dict:
             "mem_growth_bytes": mem.peak_bytes}
 
 
-def _measure(job: dict) -> dict:
-    if job.get("kind") in ("realesrgan", "span"):
-        from .peers import measure_peer
-
-        return measure_peer(job)
-    return measure_config(job)
-
-
 def run_job(job: dict, isolate: bool, timeout: float | None = None) -> dict:
-    """Run a measurement here or in a fresh `python -m linearsr.bench` child (honest peak RSS)."""
-    if not isolate:  # peak memory then includes whatever this process already had resident
-        return _measure(job)
-    proc = subprocess.run([sys.executable, "-m", "linearsr.bench", json.dumps(job)], capture_output=True,
-                          text=True, timeout=timeout)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    raise RuntimeError(f"benchmark child failed (exit {proc.returncode}): {' | '.join(tail)}")
+    """One `measure_config` here or, with `isolate`, in a fresh child process (honest peak RSS)."""
+    return run_measurement(measure_config, job, isolate, timeout)
 
 
 # ---- breakdown ----------------------------------------------------------------------------------------
@@ -332,7 +244,7 @@ def breakdown(net, size: int, device="cpu", precision: str = "fp32", runs: int =
                 net(x, t, lr)
 
     forwards(1)  # warm-up, not timed
-    self_time = module_self_times(net, lambda: forwards(runs), clock=time.perf_counter, sync=lambda: _sync(device))
+    self_time = module_self_times(net, lambda: forwards(runs), clock=time.perf_counter, sync=lambda: sync(device))
     _, flops = forward_flops(cfg, size)
     self_time = {k: v / runs for k, v in self_time.items()}
     total = sum(self_time.values())
@@ -424,8 +336,5 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
             "matmul_peak_flops_per_s": peak, "rows": rows, "peers": peer_rows, "breakdown": parts}
 
 
-if __name__ == "__main__":  # child of run_job: one measurement, result on stdout
-    from .runtime import tune_allocator
-
-    tune_allocator()  # as the product does (LINEARSR_MALLOPT=0 measures glibc's default instead)
-    print("BENCH_RESULT " + json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)
+if __name__ == "__main__":  # the child of run_job
+    measurement_child(measure_config)

@@ -2,7 +2,8 @@
 
 A model folder is what `upscale`, `eval`, `info` and `--init-from` accept. Training-state checkpoints
 (optimizer, EMA, RNG, data position) are the training loop's business and live in `train_state.py`.
-Loading never unpickles: a .pt/.pth/.bin/.ckpt file is refused with a clear message, because unpickling
+The model class itself (model.py) builds a model from a folder (`load_pretrained`); this module owns the
+folder format: names, atomic writes, the config, the error type. Loading never unpickles: a .pt/.pth/.bin/.ckpt file is refused with a clear message, because unpickling
 an untrusted file can run arbitrary code.
 """
 
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .checks import check_fields
@@ -80,7 +80,7 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, o
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    folder = _model_folder(path)
+    folder = model_folder(path)
     file = folder / CONFIG_NAME
     try:
         raw = json.loads(file.read_text())
@@ -99,45 +99,8 @@ def first_non_finite(tensors: dict) -> str | None:
     return None
 
 
-def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
-    """Compare the `experts.*` tensors named in model.safetensors' header with the shapes `config` implies,
-    before the model is built: a config that does not match its weights fails in one short line naming the
-    folder and the first mismatching tensor, instead of allocating a model (hundreds of MB for a wrong
-    width) and then printing a multi-kilobyte list. The expected shapes come from the model built on the
-    meta device, which allocates no memory."""
-    from .model import LinearSRModel
-
-    file = folder / WEIGHTS_NAME
-    try:
-        with safe_open(str(file), framework="pt") as fh:  # reads the header only
-            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base."))}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
-    with torch.device("meta"):
-        expected = {k: list(v.shape) for k, v in model_tensors(LinearSRModel(config)).items()}
-    missing_base = [name for name in expected if name.startswith("base.") and name not in found]
-    if missing_base and len(missing_base) == sum(name.startswith("base.") for name in expected):
-        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: the base weights (base.*) are "
-                              f"missing: the folder was saved without its restoration prior")
-    problems = []
-    for name, shape in expected.items():
-        if name not in found:
-            problems.append(f"{name} is missing from {WEIGHTS_NAME}")
-        elif found[name] != shape:
-            problems.append(f"{name} is {found[name]} in {WEIGHTS_NAME} but {shape} by {CONFIG_NAME}")
-    problems += [f"{name} in {WEIGHTS_NAME} is not part of this model" for name in found if name not in expected]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {problems[0]}{more}")
-
-
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Load a model folder (or bundled model name). Weights are cast to `dtype` if given, else float32."""
-    from .model import LinearSRModel
-
-    folder = _model_folder(path)
-    config = load_config(folder)
-    check_weight_shapes(folder, config)
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder's weights file, refused when damaged or holding NaN/inf."""
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except (SafetensorError, OSError) as e:
@@ -145,17 +108,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype:
     bad = first_non_finite(state)
     if bad is not None:  # a NaN model writes black images and reports success: refuse it here
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: tensor {bad} holds NaN/inf; the file is damaged")
-    model = LinearSRModel(config)
-    expected = model_tensors(model)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        what = ("the base weights (base.*) are missing: the folder was saved without its restoration prior"
-                if missing and all(k.startswith("base.") for k in missing) else
-                f"missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]}")
-        raise CheckpointError(f"{folder}: weights do not match config.json ({what})")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    return state
 
 
 def model_tensors(model) -> dict[str, torch.Tensor]:
@@ -170,7 +123,7 @@ def refuse_pickle(path: Path) -> None:
                               f"LinearSR loads only safetensors model folders")
 
 
-def _model_folder(path: str | Path) -> Path:
+def model_folder(path: str | Path) -> Path:
     p = resolve_model_path(path)
     refuse_pickle(p)
     if p.is_file():

@@ -5,7 +5,9 @@ only ever sees `channels` and `factor`, so a latent autoencoder plugs in without
 
 - `PixelCodec` (default): lossless pixel-unshuffle by f; C = 3 f^2. No weights, works offline, exact.
 - `DCAECodec`: diffusers' `AutoencoderDC` (SANA's deep-compression autoencoder, f = 32, C = 32) loaded from
-  a local folder; see `linearsr.latent` (optional extra `linearsr[sana]`).
+  a local folder; see latent.py (optional extra `linearsr[sana]`).
+
+`build_codec` (model.py) picks one by `ModelConfig.codec`.
 """
 
 from __future__ import annotations
@@ -41,15 +43,3 @@ class PixelCodec(Codec):
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(latent, self.factor)
-
-
-def build_codec(config) -> Codec:
-    """The codec a `ModelConfig` asks for."""
-    if config.codec == "pixel":
-        return PixelCodec(config.codec_factor)
-    if config.codec == "dcae":
-        from .latent import DCAECodec  # optional dependency (diffusers), imported only when asked for
-
-        return DCAECodec.from_local(config.codec_path, expected_channels=config.latent_channels,
-                                    expected_factor=config.codec_factor)
-    raise ValueError(f"unknown codec {config.codec!r}")

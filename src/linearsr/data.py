@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .degradations import degrade
-from .train_config import DataConfig
+from .data_config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 

@@ -24,7 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-NAMES = ("noise", "blur", "jpeg")
+from .degradation_kinds import LEVELS as NAMES  # the order of the (B, 3) levels tensor
+
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -86,24 +87,6 @@ def estimate_degradation(lr: torch.Tensor) -> torch.Tensor:
     grey = _grey255(lr)
     levels = torch.stack([noise_level(grey), blur_level(grey), jpeg_level(grey)], dim=1)
     return levels.clamp(0, 4)
-
-
-def parse_degradation(text: str) -> dict[str, float]:
-    """User override such as "noise=0.5,jpeg=0": the named levels replace the estimated ones."""
-    out = {}
-    for item in filter(None, (p.strip() for p in str(text).split(","))):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in NAMES:
-            raise ValueError(f"degradation override {item!r}: use name=value with names {', '.join(NAMES)}")
-        try:
-            level = float(value)
-        except ValueError:
-            raise ValueError(f"degradation override {item!r}: {value!r} is not a number") from None
-        if not 0 <= level <= 4:
-            raise ValueError(f"degradation override {item!r}: levels lie in [0, 4]")
-        out[name] = level
-    return out
 
 
 def apply_override(levels: torch.Tensor, override: dict[str, float] | None) -> torch.Tensor:

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import (WEIGHTS_NAME, CheckpointError, _model_folder, first_non_finite, refuse_pickle,
+from .checkpoint import (WEIGHTS_NAME, CheckpointError, model_folder, first_non_finite, refuse_pickle,
                          resolve_model_path)
 from .knee import KneeConfig, detect_knee_multi, plot_knee, should_stop
 from .run_dir import RunDir
@@ -98,7 +98,7 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
         if not allow_any:
             raise ValueError(f"{path}: not a run folder with a knee; pass --init-from-any to start from a "
                              f"plain model folder")
-        source = _model_folder(path)  # refuses pickle files, names what is missing (not "evil.pt/model...")
+        source = model_folder(path)  # refuses pickle files, names what is missing (not "evil.pt/model...")
     file = source / WEIGHTS_NAME
     try:
         raw = load_file(str(file))

@@ -181,7 +181,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
     from tqdm import tqdm
 
     from .brisque import brisque_available
-    from .bench import PeakMemory
+    from .procinfo import PeakMemory
     from .degradations import degrade
     from .imageio import load_image
 

@@ -5,7 +5,7 @@
     x = codec.decode(z)          # -> (B, 3, H, W), unclamped
 
 Weights come from a local folder only (`config.json` + safetensors; a pipeline folder's `vae/` is found
-too), read by the same no-pickle loader as the SANA importer. Needs the optional extra `linearsr[sana]`
+too), read by the same no-pickle loader as the SANA importer (diffusers_folder.py). Needs the optional extra `linearsr[sana]`
 (diffusers), imported only here.
 
 Frozen and out of the checkpoints. The autoencoder's parameters are held outside the module tree: they
@@ -31,6 +31,9 @@ from typing import Callable
 import torch
 
 from .codec import Codec
+from .diffusers_folder import SanaImportError, find_component, load_weights, read_config
+
+DCAE_DEFAULT_FACTOR = 32  # SANA's DC-AE (f32c32)
 
 
 def dcae_factor(config: dict) -> int:
@@ -115,8 +118,6 @@ class DCAECodec(Codec):
                    expected_factor: int | None = None, **kwargs) -> "DCAECodec":
         """Load an `AutoencoderDC` from a local diffusers folder (or a pipeline folder with `vae/`).
         `path=None` gives the placeholder (factor `expected_factor`, default 32)."""
-        from .sana_import import DCAE_DEFAULT_FACTOR, SanaImportError, find_component, load_weights, read_config
-
         if path is None:
             if expected_channels is None:
                 raise SanaImportError("codec 'dcae' needs codec_path: the folder of a diffusers AutoencoderDC")

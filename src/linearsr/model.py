@@ -24,11 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .backbone import LinearSRBackbone
 from .base import build_base
-from .codec import build_codec
+from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config, model_folder, model_tensors,
+                         read_weights, save_pretrained)
+from .codec import Codec, PixelCodec
 from .config import ModelConfig
 from .degradation_level import apply_override, estimate_degradation
 from .preconditioning import build_parameterisation
@@ -159,15 +162,74 @@ class LinearSRModel(nn.Module):
             raise ValueError(f"LR size {h}x{w} gives HR {H}x{W}, not a multiple of {self.config.multiple}; pad first")
         return b, self.config.latent_channels, H // f, W // f
 
-    # ---- checkpoints --------------------------------------------------------------------------------
+    # ---- model folders (checkpoint.py) -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "LinearSRModel":
-        from .checkpoint import load_pretrained
-
         return load_pretrained(path, device=device, dtype=dtype)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-        from .checkpoint import save_pretrained
-
         return save_pretrained(self, path, dtype=dtype, overwrite=overwrite)
+
+
+def build_codec(config: ModelConfig) -> Codec:
+    """The codec a `ModelConfig` asks for: pixel-unshuffle (codec.py) or SANA's DC-AE (latent.py)."""
+    if config.codec == "pixel":
+        return PixelCodec(config.codec_factor)
+    if config.codec == "dcae":
+        # Imported here, not at the top: the DC-AE codec wraps the optional diffusers, and a pixel model
+        # (every shipped one) should load neither it nor the diffusers-folder reader.
+        from .latent import DCAECodec
+
+        return DCAECodec.from_local(config.codec_path, expected_channels=config.latent_channels,
+                                    expected_factor=config.codec_factor)
+    raise ValueError(f"unknown codec {config.codec!r}")
+
+
+def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
+    """Compare the `experts.*` tensors named in model.safetensors' header with the shapes `config` implies,
+    before the model is built: a config that does not match its weights fails in one short line naming the
+    folder and the first mismatching tensor, instead of allocating a model (hundreds of MB for a wrong
+    width) and then printing a multi-kilobyte list. The expected shapes come from the model built on the
+    meta device, which allocates no memory."""
+    file = folder / WEIGHTS_NAME
+    try:
+        with safe_open(str(file), framework="pt") as fh:  # reads the header only
+            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base."))}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in model_tensors(LinearSRModel(config)).items()}
+    missing_base = [name for name in expected if name.startswith("base.") and name not in found]
+    if missing_base and len(missing_base) == sum(name.startswith("base.") for name in expected):
+        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: the base weights (base.*) are "
+                              f"missing: the folder was saved without its restoration prior")
+    problems = []
+    for name, shape in expected.items():
+        if name not in found:
+            problems.append(f"{name} is missing from {WEIGHTS_NAME}")
+        elif found[name] != shape:
+            problems.append(f"{name} is {found[name]} in {WEIGHTS_NAME} but {shape} by {CONFIG_NAME}")
+    problems += [f"{name} in {WEIGHTS_NAME} is not part of this model" for name in found if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {problems[0]}{more}")
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a model folder (or bundled model name). Weights are cast to `dtype` if given, else float32."""
+    folder = model_folder(path)
+    config = load_config(folder)
+    check_weight_shapes(folder, config)
+    state = read_weights(folder)
+    model = LinearSRModel(config)
+    expected = model_tensors(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = ("the base weights (base.*) are missing: the folder was saved without its restoration prior"
+                if missing and all(k.startswith("base.") for k in missing) else
+                f"missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]}")
+        raise CheckpointError(f"{folder}: weights do not match config.json ({what})")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()

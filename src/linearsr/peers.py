@@ -26,9 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
+import subprocess
 import sys
 
+import numpy as np
+import torch
 from PIL import Image
+
+from .procinfo import PeakMemory, measurement_child, run_measurement, timed
+from .span import SPAN_SCALES, load_span, span_weights_path
 
 __all__ = ["BASELINES", "BASELINE_LABELS", "baseline_unavailable_reason", "bicubic_upscale", "lanczos_upscale",
            "realesrgan_available", "realesrgan_unavailable_reason", "realesrgan_upscale", "span_upscale",
@@ -134,8 +141,6 @@ def _realesrgan(img: Image.Image, scale: float = 4) -> Image.Image:
 
 def span_unavailable_reason(scale: float) -> str | None:
     """None when SPAN alone can upscale by `scale` here, else a one-line reason."""
-    from .span import SPAN_SCALES, span_weights_path
-
     if scale not in SPAN_SCALES:
         return f"SPAN weights exist for x{' and x'.join(map(str, SPAN_SCALES))} only (asked for x{scale})"
     if not span_weights_path(int(scale)).is_file():
@@ -145,8 +150,6 @@ def span_unavailable_reason(scale: float) -> str | None:
 
 def _span_net(scale: int):
     if scale not in _span_nets:
-        from .span import load_span
-
         _span_nets[scale] = load_span(scale).requires_grad_(False)
     return _span_nets[scale]
 
@@ -156,8 +159,6 @@ def span_upscale_tensor(lr, scale: int, *, tile: int = SPAN_TILE, halo: int = SP
     Inputs larger than `tile` LR pixels a side run tile by tile, each with `halo` extra pixels of context
     on every side that are cut away afterwards (no blending needed: with halo >= SPAN_RECEPTIVE_RADIUS
     every kept pixel saw exactly what it would have seen in one whole-image pass)."""
-    import torch
-
     if tile < 1 or halo < 0:
         raise ValueError(f"tile must be >= 1 and halo >= 0, got {tile} and {halo}")
     net, s = _span_net(scale), scale
@@ -179,9 +180,6 @@ def span_upscale_tensor(lr, scale: int, *, tile: int = SPAN_TILE, halo: int = SP
 
 def span_upscale(img: Image.Image, scale: float = 4) -> Image.Image:
     """SPAN alone (the shipped official weights, x2 or x4): PIL image -> RGB PIL image `scale` times larger."""
-    import numpy as np
-    import torch
-
     why = span_unavailable_reason(scale)
     if why:
         raise ValueError(why)
@@ -209,8 +207,6 @@ BASELINE_LABELS = {"bicubic": "Bicubic", "lanczos": "Lanczos", "realesrgan": "Re
 
 # ---- benchmark helpers (used by bench.py; a measurement may run in a fresh child process) ----------------
 def _random_image(side: int) -> Image.Image:
-    import numpy as np
-
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
 
 
@@ -218,10 +214,6 @@ def measure_peer(job: dict) -> dict:
     """Whole-image time of one peer (job["kind"]: "realesrgan" or "span") at output side job["size"]
     (LR = size / job["scale"]), in this process. The network is loaded by an untimed call on a 32 px
     image first."""
-    import statistics
-
-    from .bench import PeakMemory, _timed
-
     if job["kind"] == "realesrgan":
         scale, call = REALESRGAN_SCALE, realesrgan_upscale
     elif job["kind"] == "span":
@@ -234,7 +226,7 @@ def measure_peer(job: dict) -> dict:
     img = _random_image(job["size"] // scale)
     call(Image.new("RGB", (32, 32)))
     with PeakMemory("cpu") as mem:
-        runs = _timed(lambda: call(img), "cpu", job["repeats"], 0, job.get("budget", float("inf")))
+        runs = timed(lambda: call(img), "cpu", job["repeats"], 0, job.get("budget", float("inf")))
     return {"total_s": statistics.median(runs), "total_runs": runs, "peak_mem_bytes": mem.peak_rss_bytes,
             "mem_growth_bytes": mem.peak_bytes}
 
@@ -248,10 +240,6 @@ def bench_peer(kind: str, sizes, *, scale: int = 4, repeats: int = 3, time_cap: 
     """Rows {name, label, size, megapixels, total_s, s_per_mp, peak_mem_bytes, skipped_reason} per output
     size for one peer ("realesrgan" or "span" at x`scale`). A size whose time, extrapolated by pixel count
     from the previous one, exceeds `time_cap` is skipped."""
-    import subprocess
-
-    from .bench import run_job
-
     if kind == "realesrgan":
         scale, name = REALESRGAN_SCALE, "realesrgan-x4plus"
     else:
@@ -268,7 +256,7 @@ def bench_peer(kind: str, sizes, *, scale: int = 4, repeats: int = 3, time_cap: 
             row["skipped_reason"] = f"predicted {guess:.0f} s (by pixel count) > time cap {time_cap:g} s"
         elif why is None:
             try:
-                got = run_job({"kind": kind, "scale": scale, "size": s, "repeats": repeats, "budget": time_cap},
+                got = run_measurement(measure_peer, {"kind": kind, "scale": scale, "size": s, "repeats": repeats, "budget": time_cap},
                               isolate, timeout=3 * time_cap + 300)
             except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
                 row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
@@ -290,3 +278,7 @@ def bench_realesrgan(sizes, **kwargs) -> list[dict]:
 def bench_peers(sizes, *, scale: int = 4, **kwargs) -> list[dict]:
     """Real-ESRGAN x4plus, then SPAN alone at the model's scale: the rows of `bench_peer` for both."""
     return bench_peer("realesrgan", sizes, **kwargs) + bench_peer("span", sizes, scale=scale, **kwargs)
+
+
+if __name__ == "__main__":  # the child of run_measurement
+    measurement_child(measure_peer)

@@ -39,7 +39,8 @@ from .guidance import guided_velocity
 from .sample import super_resolve
 from .settings import SamplingSettings, settings_from
 from .tags import TAG_DIM
-from .tiling import TiledVelocity, estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
+from .memory import estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
+from .tiling import TiledVelocity
 
 UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
 MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given

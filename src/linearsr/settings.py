@@ -16,7 +16,8 @@ Scale and long side are not here: they say how big the output is, not how it is 
 to `enhance` next to the settings.
 
 No torch at import: `linearsr upscale --help` reads this module. Tags and degradation overrides are parsed
-by `tags.parse_tags` and `degradation_level.parse_degradation`, imported when such a value is given.
+by `tags.parse_tags` (imported when tags are given: tags.py imports torch) and
+`degradation_kinds.parse_degradation` (torch-free).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-# Mirrors of constants that live in torch-importing modules (samplers.SAMPLERS, colorfix.COLOR_FIXES,
-# degradation_level.NAMES); tests/test_settings.py fails when one of them changes without the other.
+from .degradation_kinds import LEVELS, parse_degradation
+
+# Mirrors of constants that live in torch-importing modules (samplers.SAMPLERS, colorfix.COLOR_FIXES);
+# tests/test_settings.py fails when one of them changes without the other.
 SAMPLERS = ("euler", "heun")
 DETERMINISTIC_SAMPLERS = ("heun",)  # refuse eta != 0 (samplers.sample_heun)
 COLOR_FIXES = ("wavelet", "adain", "none")
-DEGRADATION_NAMES = ("noise", "blur", "jpeg")
+DEGRADATION_NAMES = LEVELS
 
 # Every preset knob in one place. fidelity: one step from t = 0, the model's deterministic best guess given
 # the LR (highest PSNR/SSIM, and the fastest). realism: several stochastic steps with tag guidance, sharper
@@ -153,8 +156,6 @@ def _check_degradation(value) -> dict | None:
         value = ",".join(f"{k}={v}" for k, v in value.items())  # one parser, one set of messages
     if not isinstance(value, str):
         raise ValueError(f"degradation must be text such as 'noise=0.5,jpeg=0' or a mapping, got {value!r}")
-    from .degradation_level import parse_degradation
-
     return parse_degradation(value) or None
 
 

@@ -20,7 +20,7 @@ def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> N
     """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
     import torch
 
-    from ..checkpoint import load_pretrained
+    from ..model import load_pretrained
     from ..run_dir import RunDir
 
     run = RunDir(source)

@@ -15,7 +15,8 @@ from . import CONTEXT
 def info(model: str, as_json: bool) -> None:
     """Describe a model folder or bundled model (default: the bundled default model)."""
     from ..backbone import count_parameters
-    from ..checkpoint import load_pretrained, resolve_model_path
+    from ..checkpoint import resolve_model_path
+    from ..model import load_pretrained
     from ..experts import describe
 
     path = resolve_model_path(model)

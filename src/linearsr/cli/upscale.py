@@ -21,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from ..degradation_kinds import parse_degradation
 from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
 from . import CONTEXT
 
@@ -55,8 +56,6 @@ class _Degradation(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, dict):
             return value
-        from ..degradation_level import parse_degradation  # torch: only when the option is given
-
         try:
             return parse_degradation(value)
         except ValueError as e:
