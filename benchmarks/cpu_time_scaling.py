@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from linearsr.bench import build_model, forward_flops, module_self_times
+from linearsr.evaluation.bench import build_model, forward_flops, module_self_times
 
 
 def thread_peak(n: int, runs: int = 3) -> float:

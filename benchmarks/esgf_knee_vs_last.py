@@ -23,10 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from linearsr.stages import finalize_knee
-from linearsr.train import train
-from linearsr.train_config import TrainConfig
-from linearsr.train_state import list_snapshots, read_metrics
+from linearsr.train.config import TrainConfig
+from linearsr.train.loop import train
+from linearsr.train.stages import finalize_knee
+from linearsr.train.state import list_snapshots, read_metrics
 
 ARMS = ("knee", "last")
 

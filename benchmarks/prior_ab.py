@@ -18,9 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
-from linearsr.train import train
-from linearsr.train_config import TrainConfig
-from linearsr.train_state import read_metrics
+from linearsr.train.config import TrainConfig
+from linearsr.train.loop import train
+from linearsr.train.state import read_metrics
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default" / "stage1-pretrain.yaml"
 ARMS = {

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from linearsr.degradations import degrade
-from linearsr.evaluate import find_images, image_seed, prepare_hr
-from linearsr.peers import BASELINES
-from linearsr.pipeline import LinearSR
+from linearsr.datasets.degradations import degrade
+from linearsr.evaluation.evaluate import find_images, image_seed, prepare_hr
+from linearsr.evaluation.peers import BASELINES
+from linearsr.inference.pipeline import LinearSR
 
 PANELS = ("bicubic", "SPAN alone", "LinearSR fidelity", "LinearSR realism", "HR")
 

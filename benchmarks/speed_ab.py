@@ -69,12 +69,12 @@ def child(args) -> dict:
         import numpy as np
         from PIL import Image
 
-        from linearsr.peers import realesrgan_upscale  # x4plus on ncnn's CPU kernels, as `linearsr bench`
+        from linearsr.evaluation.peers import realesrgan_upscale  # x4plus on ncnn's CPU kernels, as `linearsr bench`
 
         pil = Image.fromarray(np.rint(img * 255).astype(np.uint8))
         run = lambda: realesrgan_upscale(pil)  # noqa: E731
     else:
-        from linearsr.pipeline import LinearSR
+        from linearsr.inference.pipeline import LinearSR
 
         sr = LinearSR.from_pretrained(args.model, device="cpu", precision=CONFIGS[args.config]["precision"],
                                       compile=CONFIGS[args.config].get("compile", False))
@@ -144,13 +144,13 @@ def run_big(args) -> dict:
     time and peak RSS. --budget caps the planner's memory budget (it then bands the Mix-FFN, exactly)."""
     import torch
 
-    from linearsr.pipeline import LinearSR
+    from linearsr.inference.pipeline import LinearSR
 
     img = photo("astronaut", args.lr_size)
     if args.no_bands:  # today's path: the Mix-FFN over the whole grid unless the memory plan says otherwise
-        import linearsr.pipeline
+        import linearsr.inference.pipeline
 
-        linearsr.pipeline.CPU_FFN_ROWS = 10**9
+        linearsr.inference.pipeline.CPU_FFN_ROWS = 10**9
     sr = LinearSR.from_pretrained(args.model, device="cpu", precision=args.precision)
     budget = int(args.budget * 2**30) if args.budget else None
     start, start_cpu = time.perf_counter(), time.thread_time()
@@ -165,7 +165,7 @@ def run_big(args) -> dict:
 def run_accuracy(args) -> dict:
     import numpy as np
 
-    from linearsr.pipeline import LinearSR
+    from linearsr.inference.pipeline import LinearSR
 
     rows = []
     pipes = {p: LinearSR.from_pretrained(args.model, device="cpu", precision=p) for p in ("fp32", "bf16")}

@@ -35,11 +35,11 @@ def child(args) -> dict:
     import torch
 
     from linearsr import runtime
-    from linearsr.data import TrainStream, build_data, seed_for
-    from linearsr.loss import FlowMatchingLoss
-    from linearsr.train import build_model, lr_at
-    from linearsr.train_config import TrainConfig
-    from linearsr.train_state import EMA
+    from linearsr.datasets.photos import TrainStream, build_data, seed_for
+    from linearsr.flow.loss import FlowMatchingLoss
+    from linearsr.train.config import TrainConfig
+    from linearsr.train.loop import build_model, lr_at
+    from linearsr.train.state import EMA
 
     precision, compile_, _ = CONFIGS[args.config]
     runtime.tune_allocator()  # honours LINEARSR_MALLOPT=0 for "today"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from linearsr.config import ModelConfig
-from linearsr.model import LinearSRModel
+from linearsr.model.config import ModelConfig
+from linearsr.model.network import LinearSRModel
 
 
 @pytest.fixture(autouse=True)

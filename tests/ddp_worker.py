@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from linearsr.train import train
-from linearsr.train_config import TrainConfig
-from linearsr.train_hooks import TrainHooks
+from linearsr.train.config import TrainConfig
+from linearsr.train.hooks import TrainHooks
+from linearsr.train.loop import train
 
 
 class Record(TrainHooks):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from linearsr.attention import SelfAttention, linear_attention, softmax_attention
+from linearsr.model.attention import SelfAttention, linear_attention, softmax_attention
 
 
 def naive_linear_attention(q, k, v, eps=1e-15):

@@ -9,17 +9,16 @@ import torch
 from PIL import Image, ImageFilter
 
 from conftest import randomize, tiny_config
-from linearsr.checkpoint import WEIGHTS_NAME, CheckpointError
-from linearsr.model import load_pretrained
-from linearsr.config import ModelConfig
-from linearsr.data import degradation_kind
+from linearsr.datasets.config import DataConfig
+from linearsr.datasets.degradations import degrade
+from linearsr.datasets.photos import degradation_kind
 from linearsr.degradation_kinds import parse_degradation
-from linearsr.degradation_level import estimate_degradation
-from linearsr.degradations import degrade
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
-from linearsr.tiling import TiledVelocity
-from linearsr.data_config import DataConfig
+from linearsr.flow.sample import super_resolve
+from linearsr.inference.tiling import TiledVelocity
+from linearsr.model.checkpoint import WEIGHTS_NAME, CheckpointError
+from linearsr.model.config import ModelConfig
+from linearsr.model.degradation_level import estimate_degradation
+from linearsr.model.network import LinearSRModel, load_pretrained
 
 SPAN_CFG = dict(scale=4, codec_factor=8, base="span", base_condition=True, degradation_condition=True)
 

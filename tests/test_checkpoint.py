@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.checkpoint import CheckpointError
-from linearsr.model import load_pretrained
-from linearsr.config import ModelConfig
-from linearsr.model import LinearSRModel
+from linearsr.model.checkpoint import CheckpointError
+from linearsr.model.config import ModelConfig
+from linearsr.model.network import LinearSRModel, load_pretrained
 
 
 def test_config_roundtrip(tmp_path):

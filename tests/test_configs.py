@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from linearsr.stages import load_recipe
-from linearsr.train_config import TrainConfig
+from linearsr.train.config import TrainConfig
+from linearsr.train.stages import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

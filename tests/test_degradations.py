@@ -1,4 +1,4 @@
-"""Tests for linearsr.degradations (tiny images; the whole file runs in a few seconds on CPU)."""
+"""Tests for linearsr.datasets.degradations (tiny images; the whole file runs in a few seconds on CPU)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linearsr import degradations as D
-from linearsr.degradations import (
-    KERNEL_TYPES,
-    DegradationConfig,
-    bicubic_downscale,
-    blur_kernel,
-    degrade,
-    sample_realistic_params,
-    sinc_kernel,
-)
+from linearsr.datasets import degradations as D
+from linearsr.datasets.degradations import (KERNEL_TYPES, DegradationConfig, bicubic_downscale, blur_kernel, degrade,
+                                            sample_realistic_params, sinc_kernel)
 
 
 @pytest.fixture(autouse=True, scope="module")

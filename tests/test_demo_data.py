@@ -1,4 +1,4 @@
-"""Tests for linearsr.demo_data that never touch the network.
+"""Tests for linearsr.datasets.demo that never touch the network.
 
 ``apt-get download`` is replaced by copying small .deb files built here with
 ``dpkg-deb --build``; everything after the download (extraction, filtering,
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from linearsr import demo_data as dd
+from linearsr.datasets import demo as dd
 
 ALL_DEB_SOURCES = dd.TRAIN_SOURCES + dd.EVAL_SOURCES
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")

@@ -6,17 +6,17 @@ import torch
 from click.testing import CliRunner
 
 from linearsr.cli import main
-from linearsr.esgf import initial_weights, update_knee
-from linearsr.train import TrainingStopped, train
-from linearsr.train_config import TrainConfig
-from linearsr.train_state import read_metrics
+from linearsr.train.config import TrainConfig
+from linearsr.train.esgf import initial_weights, update_knee
+from linearsr.train.loop import TrainingStopped, train
+from linearsr.train.state import read_metrics
 from test_train import write_config
 
 
 def fake_run(tmp_path, psnr):
     """A run folder whose validation curve is `psnr` (every 100 steps), snapshots saved for each step."""
     from conftest import tiny_config
-    from linearsr.model import LinearSRModel
+    from linearsr.model.network import LinearSRModel
 
     run = tmp_path / "run"
     model = LinearSRModel(tiny_config())
@@ -76,7 +76,7 @@ def test_later_stages_start_from_the_knee_only(tmp_path):
 
 
 def _poison(monkeypatch, first_bad, last_bad, how):
-    import linearsr.loss as loss_mod
+    import linearsr.flow.loss as loss_mod
 
     real = loss_mod.FlowMatchingLoss.__call__
     calls = {"n": 0}

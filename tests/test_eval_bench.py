@@ -9,15 +9,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from linearsr.attention import SelfAttention
-from linearsr.bench import ROW_KEYS, build_model, count_flops, forward_flops, run_job
-from linearsr.procinfo import PeakMemory
 from linearsr.cli import main
 from linearsr.cli.eval import eval_cmd
-from linearsr.degradations import KINDS
-from linearsr.evaluate import core_upscale, image_seed, prepare_hr, score
-from linearsr.peers import BASELINES, baseline_unavailable_reason, span_upscale, span_upscale_tensor
-from linearsr.model import LinearSRModel
+from linearsr.datasets.degradations import KINDS
+from linearsr.evaluation.bench import ROW_KEYS, build_model, count_flops, forward_flops, run_job
+from linearsr.evaluation.evaluate import core_upscale, image_seed, prepare_hr, score
+from linearsr.evaluation.peers import BASELINES, baseline_unavailable_reason, span_upscale, span_upscale_tensor
+from linearsr.evaluation.procinfo import PeakMemory
+from linearsr.model.attention import SelfAttention
+from linearsr.model.network import LinearSRModel
 
 from conftest import tiny_config
 

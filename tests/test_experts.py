@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.experts import describe, snr_boundaries, uniform_boundaries
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
-from linearsr.schedule import TimeSampler, shift_t, t_to_logsnr
+from linearsr.flow.experts import describe, snr_boundaries, uniform_boundaries
+from linearsr.flow.sample import super_resolve
+from linearsr.flow.schedule import TimeSampler, shift_t, t_to_logsnr
+from linearsr.model.network import LinearSRModel
 
 
 @pytest.mark.parametrize("k", [2, 4, 8])
@@ -118,7 +118,7 @@ def test_mixed_t_batch_under_bf16_autocast_matches_fp32(tiny_model):
 
 @pytest.mark.parametrize("zero_prob", [0.0, 0.25])
 def test_one_expert_per_batch_reproduces_the_time_distribution(zero_prob):
-    from linearsr.experts import expert_time_samplers
+    from linearsr.flow.experts import expert_time_samplers
 
     full = TimeSampler(shift=3.0, zero_prob=zero_prob)
     shares, samplers = expert_time_samplers(full, snr_boundaries(4, full))

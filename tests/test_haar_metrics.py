@@ -1,4 +1,4 @@
-"""HaarPSI and the detail ratio (linearsr.haar_metrics) on known cases: identical images, blur, noise,
+"""HaarPSI and the detail ratio (linearsr.evaluation.haar_metrics) on known cases: identical images, blur, noise,
 contrast changes, symmetry, and an independent NumPy/SciPy computation of HaarPSI."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from scipy import signal
 from scipy.ndimage import gaussian_filter
 
-from linearsr.haar_metrics import (_haar_band_energies, detail_bands, detail_ratio, geometric_mean, haarpsi,
-                                   octaves_above_lr)
+from linearsr.evaluation.haar_metrics import (_haar_band_energies, detail_bands, detail_ratio, geometric_mean,
+                                              haarpsi, octaves_above_lr)
 
 
 def _texture(h=64, w=80, seed=0, channels=3) -> np.ndarray:

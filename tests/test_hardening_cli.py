@@ -17,8 +17,8 @@ from conftest import randomize, tiny_config
 from linearsr.cli import main
 from linearsr.cli.upscale import collect_inputs
 from linearsr.imageio import ImageError, load_image
-from linearsr.model import LinearSRModel
-from linearsr.pipeline import LinearSR
+from linearsr.inference.pipeline import LinearSR
+from linearsr.model.network import LinearSRModel
 from linearsr.settings import DEFAULTS
 
 

@@ -15,16 +15,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-import linearsr.train as train_mod
+import linearsr.train.loop as train_mod
 from conftest import tiny_config
-from linearsr.checkpoint import CheckpointError, load_config
-from linearsr.model import load_pretrained
 from linearsr.cli import main
-from linearsr.esgf import update_knee
-from linearsr.model import LinearSRModel
-from linearsr.train import train
-from linearsr.train_config import TrainConfig
-from linearsr.train_state import EMA, StateError, read_metrics, save_train_state, truncate_metrics
+from linearsr.model.checkpoint import CheckpointError, load_config
+from linearsr.model.network import LinearSRModel, load_pretrained
+from linearsr.train.config import TrainConfig
+from linearsr.train.esgf import update_knee
+from linearsr.train.loop import train
+from linearsr.train.state import EMA, StateError, read_metrics, save_train_state, truncate_metrics
 from test_train import write_config
 
 
@@ -115,7 +114,7 @@ def trained(tmp_path_factory):
 
 def _nan_state(folder: Path) -> None:
     """NaN weights with a matching checksum: what a state written before checksums could hold."""
-    from linearsr.train_state import file_sha256
+    from linearsr.train.state import file_sha256
 
     path = folder / "model.safetensors"
     tensors = load_file(str(path))
@@ -253,7 +252,7 @@ def test_model_folder_checked_against_the_weights_header_before_building(tmp_pat
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "width": 1024, "heads": 8, "cross_heads": 8}))
     built = []
-    import linearsr.model as model_mod
+    import linearsr.model.network as model_mod
 
     real_init = model_mod.LinearSRModel.__init__
 

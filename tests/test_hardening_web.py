@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import randomize, tiny_config
-from linearsr.model import LinearSRModel
-from linearsr.pipeline import LinearSR
-from linearsr.web import LIMITS, JobStopped, check_request, prune_results, run_upscale
+from linearsr.inference.pipeline import LinearSR
+from linearsr.inference.web import LIMITS, JobStopped, check_request, prune_results, run_upscale
+from linearsr.model.network import LinearSRModel
 
 HAS_CLIENT = importlib.util.find_spec("gradio") is not None and importlib.util.find_spec("gradio_client") is not None
 needs_gradio = pytest.mark.skipif(not HAS_CLIENT, reason="needs gradio and gradio_client (pip install 'linearsr[web]')")
@@ -60,7 +60,7 @@ def test_every_request_setting_is_checked_against_the_limits(key, value, words):
 def test_limits_are_the_page_controls(tmp_path):
     """The sliders are built from LIMITS: one definition for page and API."""
     pytest.importorskip("gradio")
-    from linearsr.web import build_app
+    from linearsr.inference.web import build_app
 
     demo = build_app(LinearSR(LinearSRModel(tiny_config())), workdir=tmp_path / "w")
     names = ("scale", "steps", "guidance", "strength")
@@ -104,7 +104,7 @@ def test_old_results_are_pruned(tmp_path):
 def test_api_refuses_out_of_range_settings_and_cancelled_jobs_free_the_slot(tmp_path):
     from gradio_client import Client, handle_file
 
-    from linearsr.web import serve
+    from linearsr.inference.web import serve
 
     model = randomize(LinearSRModel(tiny_config())).eval()
     calls = {"n": 0}
@@ -152,7 +152,7 @@ def test_bad_corpus_through_the_web_api_one_line_each(tmp_path, model_dir):
     import bad_corpus
     from gradio_client import Client, handle_file
 
-    from linearsr.web import serve
+    from linearsr.inference.web import serve
 
     corpus = tmp_path / "corpus"
     expected = bad_corpus.build(corpus, links=False)

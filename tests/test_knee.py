@@ -1,4 +1,4 @@
-"""Tests for linearsr.knee: synthetic validation curves whose knee is known by construction.
+"""Tests for linearsr.train.knee: synthetic validation curves whose knee is known by construction.
 
 Curves have 40 checkpoints, 500 training steps apart; a PSNR-like metric rises by 3 dB.
 "Noisy" adds Gaussian measurement noise of sigma 0.05 dB. The stated tolerance on the knee is
@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from linearsr.knee import (KneeConfig, KneeResult, detect_knee, detect_knee_multi, plot_knee,
-                           should_stop)
+from linearsr.train.knee import KneeConfig, KneeResult, detect_knee, detect_knee_multi, plot_knee, should_stop
 
 N, EVERY, SIGMA, TOL = 40, 500, 0.05, 2
 STEPS = np.arange(1, N + 1) * EVERY

@@ -3,11 +3,11 @@
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.data import seed_for
-from linearsr.loss import FlowMatchingLoss
-from linearsr.model import LinearSRModel
-from linearsr.schedule import TimeSampler
-from linearsr.validation import validation_loss
+from linearsr.datasets.photos import seed_for
+from linearsr.flow.loss import FlowMatchingLoss
+from linearsr.flow.schedule import TimeSampler
+from linearsr.model.network import LinearSRModel
+from linearsr.train.validation import validation_loss
 
 
 def setup(**config):

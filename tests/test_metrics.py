@@ -1,4 +1,4 @@
-"""Tests for linearsr.metrics (PSNR/SSIM/MS-SSIM), linearsr.niqe and linearsr.brisque."""
+"""Tests for linearsr.evaluation.metrics (PSNR/SSIM/MS-SSIM), linearsr.evaluation.niqe and linearsr.evaluation.brisque."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from linearsr import brisque as brisque_mod
-from linearsr.brisque import brisque, brisque_available, find_brisque_models
-from linearsr.metrics import ms_ssim, psnr, rgb_to_y, ssim
-from linearsr.niqe import fit_niqe_model, imresize_matlab, load_pristine_model, niqe, niqe_features
+from linearsr.evaluation import brisque as brisque_mod
+from linearsr.evaluation.brisque import brisque, brisque_available, find_brisque_models
+from linearsr.evaluation.metrics import ms_ssim, psnr, rgb_to_y, ssim
+from linearsr.evaluation.niqe import fit_niqe_model, imresize_matlab, load_pristine_model, niqe, niqe_features
 
 try:
     from skimage import data as skdata

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.backbone import count_parameters
-from linearsr.config import MODEL_SIZES, ModelConfig
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
+from linearsr.flow.sample import super_resolve
+from linearsr.model.backbone import count_parameters
+from linearsr.model.config import MODEL_SIZES, ModelConfig
+from linearsr.model.network import LinearSRModel
 
 
 def test_named_sizes_build_and_tiny_is_small():

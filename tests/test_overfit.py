@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_config
-from linearsr.loss import FlowMatchingLoss
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
-from linearsr.schedule import TimeSampler
+from linearsr.flow.loss import FlowMatchingLoss
+from linearsr.flow.sample import super_resolve
+from linearsr.flow.schedule import TimeSampler
+from linearsr.model.network import LinearSRModel
 
 
 def psnr(a, b):  # images in [-1, 1]

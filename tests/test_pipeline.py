@@ -6,13 +6,13 @@ import torch
 from PIL import Image
 
 from conftest import randomize, tiny_config
-from linearsr.colorfix import adain_color_fix, low_band, wavelet_color_fix
-from linearsr.guidance import guided_velocity
-from linearsr.model import LinearSRModel
-from linearsr.pipeline import LinearSR, count_passes, output_size
+from linearsr.flow.guidance import guided_velocity
+from linearsr.flow.sample import super_resolve
+from linearsr.inference.colorfix import adain_color_fix, low_band, wavelet_color_fix
+from linearsr.inference.memory import estimate_peak_memory, tiled_peak_memory
+from linearsr.inference.pipeline import LinearSR, count_passes, output_size
+from linearsr.model.network import LinearSRModel
 from linearsr.tags import parse_tags
-from linearsr.sample import super_resolve
-from linearsr.memory import estimate_peak_memory, tiled_peak_memory
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import randomize, tiny_config
-from linearsr import precision as prec
-from linearsr import runtime
-from linearsr.attention import linear_attention
-from linearsr.model import LinearSRModel
-from linearsr.pipeline import LinearSR
+from linearsr import precision as prec, runtime
+from linearsr.inference.pipeline import LinearSR
+from linearsr.model.attention import linear_attention
+from linearsr.model.network import LinearSRModel
 
 INTEL_SPR = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
@@ -148,7 +147,7 @@ def test_allocator_tuning_is_idempotent_and_releases_only_large_growth():
 def test_cpu_pipeline_bands_the_mix_ffn_whatever_the_memory(tiny_model, monkeypatch):
     """On a CPU the Mix-FFN always runs in bands of CPU_FFN_ROWS token rows (faster and a smaller heap), with
     the same result as the whole grid."""
-    from linearsr import pipeline
+    from linearsr.inference import pipeline
 
     sr = LinearSR(tiny_model, device="cpu", precision="fp32")
     assert sr._plan(1024, 1024, "off", None, budget=2**40, batch=1)["ffn_chunk_rows"] == pipeline.CPU_FFN_ROWS

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import randomize, tiny_config
-from linearsr.config import ModelConfig
-from linearsr.model import LinearSRModel
-from linearsr.preconditioning import (PARAMETERISATIONS, CleanPrediction, Preconditioned, VelocityPrediction,
-                                      build_parameterisation)
+from linearsr.model.config import ModelConfig
+from linearsr.model.network import LinearSRModel
+from linearsr.model.preconditioning import (PARAMETERISATIONS, CleanPrediction, Preconditioned, VelocityPrediction,
+                                            build_parameterisation)
 
 TS = [0.0, 0.2, 0.5, 0.9, 0.99]
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
-from linearsr.samplers import SAMPLERS
-from linearsr.schedule import sampling_timesteps
+from linearsr.flow.sample import super_resolve
+from linearsr.flow.samplers import SAMPLERS
+from linearsr.flow.schedule import sampling_timesteps
+from linearsr.model.network import LinearSRModel
 
 
 def point_mass_velocity(target):

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 diffusers = pytest.importorskip("diffusers")
 
-from linearsr.checkpoint import CheckpointError  # noqa: E402
-from linearsr.config import ModelConfig  # noqa: E402
-from linearsr.latent import DCAECodec, tiled_apply  # noqa: E402
-from linearsr.loss import FlowMatchingLoss  # noqa: E402
-from linearsr.model import LinearSRModel  # noqa: E402
-from linearsr.diffusers_folder import SanaImportError, load_weights
-from linearsr.sana_import import import_sana  # noqa: E402
-from linearsr.sample import super_resolve  # noqa: E402
+from linearsr.flow.loss import FlowMatchingLoss  # noqa: E402
+from linearsr.flow.sample import super_resolve  # noqa: E402
+from linearsr.model.checkpoint import CheckpointError  # noqa: E402
+from linearsr.model.config import ModelConfig  # noqa: E402
+from linearsr.model.diffusers_folder import SanaImportError, load_weights
+from linearsr.model.importers.sana import import_sana  # noqa: E402
+from linearsr.model.latent import DCAECodec, tiled_apply  # noqa: E402
+from linearsr.model.network import LinearSRModel  # noqa: E402
 
 SANA_KW = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
                num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from linearsr.schedule import (TimeSampler, logsnr_to_t, sampling_timesteps, shift_t, t_to_logsnr, t_to_sigma,
-                               unshift_t)
+from linearsr.flow.schedule import (TimeSampler, logsnr_to_t, sampling_timesteps, shift_t, t_to_logsnr, t_to_sigma,
+                                    unshift_t)
 
 
 def test_time_convention_t0_is_noise_t1_is_clean():

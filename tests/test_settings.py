@@ -12,10 +12,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from linearsr import colorfix, degradation_level, samplers
 from linearsr.cli import main
 from linearsr.cli.upscale import CLI_KNOBS, upscale
-from linearsr.pipeline import LinearSR
+from linearsr.flow import samplers
+from linearsr.inference import colorfix
+from linearsr.inference.pipeline import LinearSR
+from linearsr.model import degradation_level
 from linearsr.settings import (COLOR_FIXES, DEFAULTS, DEGRADATION_NAMES, DETERMINISTIC_SAMPLERS, KNOBS, PRESETS,
                                SAMPLERS, SamplingSettings, settings_from)
 from test_base import photo_lr, span_model
@@ -133,7 +135,7 @@ def test_cli_refuses_bad_knobs_in_one_line(tmp_path):
 
 
 def test_web_limits_are_the_knobs_page_ranges():
-    from linearsr.web import LIMITS, PRESET_CHOICES, check_request
+    from linearsr.inference.web import LIMITS, PRESET_CHOICES, check_request
 
     for name in ("steps", "guidance", "strength"):
         knob = KNOBS[name]
@@ -185,7 +187,7 @@ def test_degradation_override_reaches_the_model():
 
 def test_cli_passes_strength_and_degradation_and_records_them(tmp_path):
     from conftest import randomize, tiny_config
-    from linearsr.model import LinearSRModel
+    from linearsr.model.network import LinearSRModel
 
     randomize(LinearSRModel(tiny_config(degradation_condition=True))).eval().save_pretrained(tmp_path / "m")
     src = tmp_path / "a.png"

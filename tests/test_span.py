@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from linearsr.ncnn_import import NcnnImportError, parse_param, parse_span, read_span_from_wheel
-from linearsr.span import SPAN, load_span, span_weights_path
+from linearsr.model.importers.ncnn import NcnnImportError, parse_param, parse_span, read_span_from_wheel
+from linearsr.model.span import SPAN, load_span, span_weights_path
 
 HEADER = "7767517\n"
 

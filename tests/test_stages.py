@@ -3,7 +3,7 @@ import json
 from click.testing import CliRunner
 
 from linearsr.cli import main
-from linearsr.model import LinearSRModel
+from linearsr.model.network import LinearSRModel
 from test_train import write_config
 
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from conftest import randomize, tiny_config
 from linearsr import tags as T
 from linearsr.cli import main
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
+from linearsr.flow.sample import super_resolve
+from linearsr.model.network import LinearSRModel
 
 DEMO_TABLE = Path(T.__file__).parent / "data" / "demo_tags.json"
 

@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize, tiny_config
-from linearsr.config import ModelConfig
-from linearsr.model import LinearSRModel
-from linearsr.sample import super_resolve
-from linearsr.memory import estimate_peak_memory, ffn_chunk_rows_for, plan_memory, plan_tiles, tiled_peak_memory
-from linearsr.tiling import TiledVelocity, latent_align, tile_positions
+from linearsr.flow.sample import super_resolve
+from linearsr.inference.memory import (estimate_peak_memory, ffn_chunk_rows_for, plan_memory, plan_tiles,
+                                       tiled_peak_memory)
+from linearsr.inference.tiling import TiledVelocity, latent_align, tile_positions
+from linearsr.model.config import ModelConfig
+from linearsr.model.network import LinearSRModel
 
 
 def gradient_lr(h=16, w=16):

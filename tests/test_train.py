@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from linearsr.cli import main
-from linearsr.train import TrainingStopped, train
-from linearsr.train_config import TrainConfig
-from linearsr.train_state import list_snapshots, read_metrics
+from linearsr.train.config import TrainConfig
+from linearsr.train.loop import TrainingStopped, train
+from linearsr.train.state import list_snapshots, read_metrics
 
 HERE = Path(__file__).parent
 
@@ -121,7 +121,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
 
 def test_nan_guard_stops_cleanly_and_keeps_last_good_state(tmp_path, monkeypatch):
-    import linearsr.loss as loss_mod
+    import linearsr.flow.loss as loss_mod
 
     real = loss_mod.FlowMatchingLoss.__call__
     calls = {"n": 0}

@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from linearsr import esgf
 from linearsr.cli import main
-from linearsr.run_dir import RunDir
-from linearsr.train import Trainer, lr_at, train
-from linearsr.train_config import TrainConfig
-from linearsr.train_hooks import LoopState, TrainHooks, TrainingStopped
-from linearsr.train_state import list_snapshots, read_metrics
+from linearsr.train import esgf
+from linearsr.train.config import TrainConfig
+from linearsr.train.hooks import LoopState, TrainHooks, TrainingStopped
+from linearsr.train.loop import Trainer, lr_at, train
+from linearsr.train.run_dir import RunDir
+from linearsr.train.state import list_snapshots, read_metrics
 from test_esgf import _poison, fake_run, rise_then_oscillate
 from test_train import write_config
 
@@ -135,8 +135,8 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_esgf_and_hooks_sit_below_the_training_loop():
-    loaded = _modules_after("import linearsr.esgf, linearsr.train_hooks, linearsr.run_dir")
-    assert "linearsr.train" not in loaded and "linearsr.validation" not in loaded
+    loaded = _modules_after("import linearsr.train.esgf, linearsr.train.hooks, linearsr.train.run_dir")
+    assert "linearsr.train.loop" not in loaded and "linearsr.train.validation" not in loaded
 
 
 def test_a_pixel_model_and_its_start_weights_never_load_the_sana_importer(tmp_path):
@@ -144,8 +144,9 @@ def test_a_pixel_model_and_its_start_weights_never_load_the_sana_importer(tmp_pa
     (run / "knee.json").write_text(json.dumps({"step": 200}))
     model = dict(depth=1, width=16, heads=2, mlp_ratio=2.0, stem_channels=8, codec_factor=4, cond_dim=12)
     cfg = {"model_size": "tiny", "model": model, "init_from": str(run)}
-    loaded = _modules_after("from linearsr.train import build_model\nfrom linearsr.train_config import TrainConfig\n"
+    loaded = _modules_after("from linearsr.train.loop import build_model\nfrom linearsr.train.config import TrainConfig\n"
                             f"m = build_model(TrainConfig.from_dict({cfg!r}))\n"
                             "assert m.config.provenance['init_from'].endswith('step_0000200')")
-    assert "linearsr.train" in loaded
-    assert not {"linearsr.sana_import", "linearsr.latent", "diffusers"} & loaded
+    assert "linearsr.train.loop" in loaded
+    assert not {"linearsr.model.importers.sana", "linearsr.model.latent", "linearsr.model.diffusers_folder",
+                "diffusers"} & loaded

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import randomize, tiny_config
 from linearsr.cli import main
-from linearsr.model import LinearSRModel
+from linearsr.model.network import LinearSRModel
 
 
 @pytest.fixture(scope="module")

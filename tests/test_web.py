@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import randomize, tiny_config
 from linearsr.imageio import ImageError
-from linearsr.model import LinearSRModel
-from linearsr.pipeline import LinearSR
-from linearsr.web import run_upscale
+from linearsr.inference.pipeline import LinearSR
+from linearsr.inference.web import run_upscale
+from linearsr.model.network import LinearSRModel
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 HAS_GRADIO = importlib.util.find_spec("gradio") is not None
@@ -128,7 +128,7 @@ def upload(driver, path: Path) -> None:
 @needs_browser
 @pytest.mark.filterwarnings("ignore::Warning:gradio")  # gradio's own deprecation noise from its queue
 def test_page_upscales_an_image_in_headless_chromium(tmp_path, model_dir, browser):
-    from linearsr.web import serve
+    from linearsr.inference.web import serve
 
     small, big = write_png(tmp_path / "small.png", 24, 24), write_png(tmp_path / "big.png", 32, 32, seed=1)
     demo = serve(str(model_dir), port=free_port(), device="cpu", max_pixels=24 * 24, block=False, quiet=True,
@@ -209,7 +209,7 @@ def _own_outward_ip() -> str | None:
 
 @needs_gradio
 def test_serve_listens_on_loopback_only_by_default(model_dir):
-    from linearsr.web import serve
+    from linearsr.inference.web import serve
 
     port = free_port()
     demo = serve(str(model_dir), port=port, device="cpu", block=False, quiet=True)  # host left at its default

@@ -24,7 +24,7 @@ def ablate(kind: str, overrides: tuple[str, ...], config: Path, steps: int, out:
            quiet: bool) -> None:
     """Train and compare the ablation variants of KIND (experts: K=1/2/4 log-SNR, K=4 uniform; tags: none /
     tags / caption) with the same budget; OVERRIDES (key=value) apply to every variant."""
-    from ..ablation import run_ablation
+    from ..train.ablation import run_ablation
 
     out = out or Path("runs") / f"ablate-{kind}"
     run_ablation(kind, config, out, steps, list(overrides), eval_limit=eval_images, progress=not quiet,

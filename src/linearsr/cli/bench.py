@@ -104,7 +104,7 @@ def plot(result: dict, path: str | Path) -> None:
 def bench(model, size_name, sizes, attention, steps, device, precision, compile_, ffn_bands, repeats, warmup,
           time_cap, json_path, plot_path, peers, peer_sizes, isolate, breakdown_size) -> None:
     """Benchmark 1-NFE forward and whole-upscale time, FLOPs and peak memory per output size."""
-    from ..bench import run_bench
+    from ..evaluation.bench import run_bench
 
     kinds = [a.strip() for a in attention.split(",") if a.strip()]
     bad = [k for k in kinds if k not in ("linear", "softmax")]

@@ -21,7 +21,7 @@ def data() -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def fetch_demo_cmd(dest: Path, train_only: bool, quiet: bool) -> None:
     """Fetch the demo photos (Debian packages, via apt-get download + dpkg-deb -x). Idempotent."""
-    from ..demo_data import fetch_demo
+    from ..datasets.demo import fetch_demo
 
     manifest = fetch_demo(dest, eval_too=not train_only, progress=not quiet)
     files = manifest["files"]  # {relative path: entry}

@@ -46,7 +46,7 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
     HR, > 1 grainier), NIQE, BRISQUE, time and peak memory.
     LPIPS, DISTS, MUSIQ, MANIQA and CLIPIQA need network weights and are not supported yet."""
-    from ..evaluate import COLUMNS, evaluate
+    from ..evaluation.evaluate import COLUMNS, evaluate
 
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     res = evaluate(model, data, scale=scale, degradation=degradation, steps=steps, preset=preset,

@@ -20,8 +20,8 @@ def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> N
     """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
     import torch
 
-    from ..model import load_pretrained
-    from ..run_dir import RunDir
+    from ..model.network import load_pretrained
+    from ..train.run_dir import RunDir
 
     run = RunDir(source)
     folder = _pick_snapshot(run, pick) if run.is_run() else source
@@ -35,7 +35,7 @@ def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> N
 
 def _pick_snapshot(run, pick: str) -> Path:
     """The snapshot folder of a run that --pick names; a click error when it does not exist."""
-    from ..train_state import read_metrics
+    from ..train.state import read_metrics
 
     snaps = run.snapshot_steps()
     if not snaps:

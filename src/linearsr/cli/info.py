@@ -14,10 +14,10 @@ from . import CONTEXT
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(model: str, as_json: bool) -> None:
     """Describe a model folder or bundled model (default: the bundled default model)."""
-    from ..backbone import count_parameters
-    from ..checkpoint import resolve_model_path
-    from ..model import load_pretrained
-    from ..experts import describe
+    from ..flow.experts import describe
+    from ..model.backbone import count_parameters
+    from ..model.checkpoint import resolve_model_path
+    from ..model.network import load_pretrained
 
     path = resolve_model_path(model)
     m = load_pretrained(path)

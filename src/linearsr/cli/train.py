@@ -25,9 +25,9 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
           init_from_any: bool, stages: str | None, dry_run: bool, quiet: bool) -> None:
     """Train LinearSR from a YAML config, or run a multi-stage recipe (--stages); OVERRIDES are key=value
     pairs such as optim.lr=2e-4 steps=5000 (applied to every stage of a recipe)."""
-    from ..stages import is_recipe, load_recipe, run_stages
-    from ..train_config import TrainConfig
-    from ..train_hooks import TrainingStopped
+    from ..train.config import TrainConfig
+    from ..train.hooks import TrainingStopped
+    from ..train.stages import is_recipe, load_recipe, run_stages
 
     if is_recipe(config):
         out = run_dir or Path("runs") / config.stem
@@ -53,7 +53,7 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
     if dry_run:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from ..train import train as run
+    from ..train.loop import train as run
 
     run_dir = run_dir or Path("runs") / config.stem
     try:

@@ -219,8 +219,8 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
     from .. import imageio
-    from ..checkpoint import load_config, resolve_model_path
-    from ..pipeline import LinearSR, resolve_device
+    from ..inference.pipeline import LinearSR, resolve_device
+    from ..model.checkpoint import load_config, resolve_model_path
 
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
