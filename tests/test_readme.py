@@ -14,3 +14,15 @@ def test_ci_runs_the_readme_test_command():
     test_part = commands[1].split("&& ", 2)[2]  # after creating and activating the venv
     assert test_part in (ROOT / ".ci" / "run").read_text()
     assert (ROOT / commands[0].split("linearsr upscale ")[1].split()[0]).is_file()
+
+
+def test_the_architecture_table_matches_the_tree():
+    """Every module under src/linearsr (but package __init__ files and the command modules, listed as
+    `cli/`) is named in the README's architecture table, and every path the table names exists."""
+    table = (ROOT / "README.md").read_text().split("## Architecture")[1].split("\n## ")[0]
+    named = set(re.findall(r"`([\w/]+\.py)`", table))
+    pkg = ROOT / "src" / "linearsr"
+    modules = {str(f.relative_to(pkg)) for f in pkg.rglob("*.py")
+               if f.name != "__init__.py" and f.relative_to(pkg).parts[0] != "cli"}
+    assert modules - named == set()
+    assert named - modules == set()
