@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linearsr.datasets import degradations as D
 from linearsr.datasets.degradations import (KERNEL_TYPES, DegradationConfig, bicubic_downscale, blur_kernel, degrade,
                                             sample_realistic_params, sinc_kernel)
+from linearsr.datasets.kernels import filter2d
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -193,7 +193,7 @@ def test_fft_filter_matches_direct_reflect_convolution():
     for k in (blur_kernel("aniso", 21, 1.0, 3.0, 0.5), sinc_kernel(7, 2.0), torch.rand(9, 9)):
         p = k.shape[-1] // 2
         ref = F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), k[None, None].expand(3, 1, -1, -1), groups=3)
-        torch.testing.assert_close(D._filter(x, k), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(filter2d(x, k), ref, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ parameter sampling

@@ -4,7 +4,6 @@ pile up on disk. Uses gradio_client over real HTTP on 127.0.0.1 (skipped without
 
 import importlib.util
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from PIL import Image
 
 from conftest import randomize, tiny_config
 from linearsr.inference.pipeline import LinearSR
-from linearsr.inference.web import LIMITS, JobStopped, check_request, prune_results, run_upscale
+from linearsr.inference.jobs import LIMITS, JobStopped, check_request, prune_results, run_upscale
 from linearsr.model.network import LinearSRModel
 
 HAS_CLIENT = importlib.util.find_spec("gradio") is not None and importlib.util.find_spec("gradio_client") is not None

@@ -1,4 +1,4 @@
-"""Tests for linearsr.imageio: odd image kinds round-trip, bad files fail with one clean line."""
+"""Tests for linearsr.imageio and linearsr.imagesave: odd image kinds round-trip, bad files fail with one clean line."""
 
 import os
 import struct
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from linearsr import imageio
-from linearsr.imageio import (ImageError, LoadedImage, load_image, output_path_for, resize_rgb,
-                              save_image, to_output_pil)
+from linearsr import imageio, imagesave
+from linearsr.imageio import ImageError, LoadedImage, load_image, resize_rgb
+from linearsr.imagesave import output_path_for, save_image, to_output_pil
 
 
 def roundtrip(path, tmp_path, out_name="out.png", **save_kw):
@@ -292,13 +292,13 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
 def test_no_clobber_when_target_appears_during_write(tmp_path, monkeypatch):
     # Another process creates the output while we encode: without --overwrite it must survive.
     target = tmp_path / "race.png"
-    real_create = imageio._create_temp
+    real_create = imagesave._create_temp
 
     def create_then_race(path):
         made = real_create(path)
         target.write_bytes(b"theirs")
         return made
-    monkeypatch.setattr(imageio, "_create_temp", create_then_race)
+    monkeypatch.setattr(imagesave, "_create_temp", create_then_race)
     with pytest.raises(ImageError, match="exists; pass --overwrite"):
         save_image(Image.new("RGB", (4, 4)), target)
     assert target.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["race.png"]

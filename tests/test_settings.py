@@ -135,7 +135,7 @@ def test_cli_refuses_bad_knobs_in_one_line(tmp_path):
 
 
 def test_web_limits_are_the_knobs_page_ranges():
-    from linearsr.inference.web import LIMITS, PRESET_CHOICES, check_request
+    from linearsr.inference.jobs import LIMITS, PRESET_CHOICES, check_request
 
     for name in ("steps", "guidance", "strength"):
         knob = KNOBS[name]

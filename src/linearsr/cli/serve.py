@@ -33,7 +33,8 @@ from . import CONTEXT
 def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pixels, max_job_seconds,
           tagger) -> None:
     """Serve a local web page for upscaling one image at a time (Ctrl-C to stop)."""
-    from ..inference.web import LIMITS, serve as run_server
+    from ..inference.jobs import LIMITS
+    from ..inference.web import serve as run_server
     from ..model.checkpoint import load_config
 
     load_config(model)  # a wrong --model or --tagger fails in one line before gradio is even imported

@@ -269,7 +269,7 @@ class _Job:
 
     def run(self, path: Path, dest: Path, progress, imageio):
         """Upscale `path` into `dest`; returns the written image (for its size)."""
-        from .. import __version__
+        from .. import __version__, imagesave
 
         if dest.exists() and not self.overwrite:
             raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
@@ -277,13 +277,13 @@ class _Job:
         loaded = imageio.load_image(path, max_pixels=self.max_pixels)
         rgb, alpha = self.pipe.enhance_arrays(loaded.rgb, loaded.alpha, self.settings, scale=self.scale,
                                               long_side=self.long_side, progress=progress)
-        image = imageio.to_output_pil(rgb, alpha, like=loaded)
+        image = imagesave.to_output_pil(rgb, alpha, like=loaded)
         meta = None
         if self.meta is not None:  # what was used, so the result can be reproduced
             used = dict(self.meta, **self.settings.to_dict(), scale=self.scale, long_side=self.long_side,
                         size=list(image.size), passes=self.pipe.last_run.get("passes"))
             meta = {"Software": f"linearsr {__version__}", "linearsr": json.dumps(used, sort_keys=True)}
-        imageio.save_image(image, dest, overwrite=self.overwrite, metadata=meta)
+        imagesave.save_image(image, dest, overwrite=self.overwrite, metadata=meta)
         return image
 
 
@@ -348,7 +348,7 @@ def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imagei
     targets: dict = {}
     for path, root in files:
         try:
-            targets[path] = _destination(path, root, out_path, as_folder, suffix, fmt, imageio)
+            targets[path] = _destination(path, root, out_path, as_folder, suffix, fmt)
         except imageio.ImageError as e:
             targets[path] = e
         except (OSError, RuntimeError) as e:  # an unreadable path: its own line, the batch goes on
@@ -376,9 +376,11 @@ def _check_writable(dest: Path, imageio) -> None:
         raise imageio.ImageError(str(dest), f"cannot write: {folder} is not writable")
 
 
-def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str, fmt: str,
-                 imageio) -> Path:
+def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str,
+                 fmt: str) -> Path:
     """Where `path`'s result goes; folders found by a walk keep their sub-folder layout under -o."""
+    from ..imagesave import output_path_for
+
     if fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
         fmt = "png"
     if out_path is None:
@@ -388,7 +390,7 @@ def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder
         target = str(folder) + os.sep
     else:
         target = str(out_path)
-    return imageio.output_path_for(path, target, suffix=suffix, fmt=fmt)
+    return output_path_for(path, target, suffix=suffix, fmt=fmt)
 
 
 COMMANDS = [upscale]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import imageio
+from .. import imageio, imagesave
 
 
 def load_any(image, max_pixels: int | None) -> imageio.LoadedImage:
@@ -36,7 +36,7 @@ def like_input(image, loaded: imageio.LoadedImage, rgb: np.ndarray, alpha: np.nd
     """The result (rgb, alpha) as the kind `image` was: PIL for PIL and paths, numpy of the same dtype and
     channels, a tensor on the same device and of the same layout."""
     if isinstance(image, (Image.Image, str, os.PathLike)):
-        return imageio.to_output_pil(rgb, alpha, like=loaded)
+        return imagesave.to_output_pil(rgb, alpha, like=loaded)
     if isinstance(image, np.ndarray):
         channels = 1 if image.ndim == 2 else image.shape[2]
         planes = _planes(rgb, alpha, channels)
