@@ -24,7 +24,6 @@ import re
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import torch
 
@@ -256,6 +255,44 @@ ROW_KEYS = ("size", "attention", "megapixels", "tokens", "nfe1_s", "total_s", "s
             "nfe1_runs", "total_runs", "nfe1_thread_cpu_s")  # *_runs: every timed run (the medians come from them)
 
 
+def _bench_row(cfg, s: int, rate: float | None, peak: float, job: dict, isolate: bool) -> dict:
+    """One row of the table: size `s` with attention `cfg.attention`, measured by `run_job`, or skipped with
+    the reason (size not a multiple of the model's, a run predicted over the time cap from the FLOP `rate`
+    measured at the previous size, or a failed run)."""
+    steps, warmup, time_cap = job["steps"], job["warmup"], job["budget"]
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(size=s, attention=cfg.attention, megapixels=s * s / 1e6, tokens=(s // cfg.multiple) ** 2)
+    if s % cfg.multiple:
+        row["skipped_reason"] = f"size is not a multiple of the model's {cfg.multiple}"
+        return row
+    row["flops"], _ = forward_flops(cfg, s)
+    guess = None if rate is None else row["flops"] / rate * (warmup + 1 + steps)
+    if guess is not None and guess > time_cap:
+        row["skipped_reason"] = (f"predicted {guess:.0f} s (warm-up + 1 forward + {steps}-step upscale, "
+                                 f"from the FLOP rate at the previous size) > time cap {time_cap:g} s")
+        return row
+    try:
+        got = run_job(job, isolate, timeout=3 * time_cap + 300)
+    except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
+        row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
+        return row
+    row.update({k: got[k] for k in ROW_KEYS if k in got})
+    row["s_per_mp"] = row["nfe1_s"] / row["megapixels"]
+    row["total_s_per_mp"] = row["total_s"] / row["megapixels"]
+    row["achieved_flops_per_s"] = row["flops"] / row["nfe1_s"]
+    row["peak_fraction"] = row["achieved_flops_per_s"] / peak
+    return row
+
+
+def _breakdown_size(rows: list[dict], attention: str, wanted: int | None) -> int | None:
+    """The size to break down for one attention: `wanted` if it was measured, else the largest measured
+    size below it (None when there is none)."""
+    done = [r["size"] for r in rows if r["attention"] == attention and r["nfe1_s"] is not None]
+    if wanted in done:
+        return wanted
+    return max((d for d in done if d <= (wanted or 0)), default=None)
+
+
 def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(256, 512, 1024, 2048),
               attentions=("linear", "softmax"), steps: int = 1, device: str = "cpu", precision: str = "auto",
               compile: bool = False, repeats: int = 3, warmup: int = 1, time_cap: float = 300.0, ffn_bands: bool = True,
@@ -281,28 +318,8 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     for att in attentions:
         cfg, rate = base.replace(attention=att), None
         for s in sorted(sizes):
-            row = dict.fromkeys(ROW_KEYS)
-            row.update(size=s, attention=att, megapixels=s * s / 1e6, tokens=(s // cfg.multiple) ** 2)
-            if s % cfg.multiple:
-                row["skipped_reason"] = f"size is not a multiple of the model's {cfg.multiple}"
-                rows.append(row)
-                continue
-            row["flops"], _ = forward_flops(cfg, s)
-            guess = None if rate is None else row["flops"] / rate * (warmup + 1 + steps)
-            if guess is not None and guess > time_cap:
-                row["skipped_reason"] = (f"predicted {guess:.0f} s (warm-up + 1 forward + {steps}-step upscale, "
-                                         f"from the FLOP rate at the previous size) > time cap {time_cap:g} s")
-            else:
-                try:
-                    got = run_job({**common, "attention": att, "size": s}, isolate, timeout=3 * time_cap + 300)
-                except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as e:
-                    row["skipped_reason"] = f"failed: {' '.join(str(e).split())[:300]}"
-                else:
-                    row.update({k: got[k] for k in ROW_KEYS if k in got})
-                    row["s_per_mp"] = row["nfe1_s"] / row["megapixels"]
-                    row["total_s_per_mp"] = row["total_s"] / row["megapixels"]
-                    rate = row["achieved_flops_per_s"] = row["flops"] / row["nfe1_s"]
-                    row["peak_fraction"] = rate / peak
+            row = _bench_row(cfg, s, rate, peak, {**common, "attention": att, "size": s}, isolate)
+            rate = row["achieved_flops_per_s"] or rate  # a skipped size keeps the last measured rate
             rows.append(row)
             log(row)
     peer_rows = []
@@ -311,9 +328,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
                                 time_cap=time_cap, isolate=isolate, log=log)
     parts = {}
     for att in attentions:
-        done = [r["size"] for r in rows if r["attention"] == att and r["nfe1_s"] is not None]
-        pick = breakdown_size if breakdown_size in done else max((d for d in done if d <= (breakdown_size or 0)),
-                                                                  default=None)
+        pick = _breakdown_size(rows, att, breakdown_size)
         if pick:
             log(f"breakdown: {att} attention at {pick}px")
             net = build_model(model, size, att, dev)

@@ -33,12 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..datasets.degradations import degrade
-from ..flow.sample import super_resolve
 from ..imageio import load_image
 from ..inference.pipeline import LinearSR
 from ..model.network import LinearSRModel
@@ -97,19 +95,6 @@ def image_seed(name: str, seed: int = 0) -> int:
 
 def quantize8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
-
-
-def core_upscale(model, lr: torch.Tensor, *, steps: int = 1, seed: int = 0, **kwargs) -> torch.Tensor:
-    """LR (1, 3, h, w) in [-1, 1] -> HR (1, 3, h*s, w*s) in [-1, 1]: reflect-pad the LR so the HR is a
-    multiple of the model's `multiple`, sample with `super_resolve`, crop back and clamp."""
-    cfg = model.config
-    unit = cfg.multiple // math.gcd(cfg.multiple, cfg.scale)
-    h, w = lr.shape[-2:]
-    ph, pw = (-h) % unit, (-w) % unit
-    if ph or pw:
-        lr = F.pad(lr, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-    out = super_resolve(model, lr, steps=steps, seed=seed, **kwargs)
-    return out[..., : h * cfg.scale, : w * cfg.scale].clamp(-1, 1)
 
 
 class LinearSRRunner:
@@ -189,16 +174,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
     model.eval()
     folder, files = find_images(data, data_root)
     files = files[:limit] if limit else files
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-    notes, methods = [], {}
-    for name in baselines:
-        why = baseline_unavailable_reason(name, scale)
-        if why:
-            notes.append(f"{BASELINE_LABELS[name]} skipped: {why}")
-        else:
-            methods[name] = _baseline(name, scale)
+    methods, notes = _baseline_methods(baselines, scale)
     runner = LinearSRRunner(model, SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
                             scale=scale, precision=precision)
     methods[LINEARSR] = runner
@@ -217,31 +193,11 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
         hr = prepare_hr(load_image(path).rgb, unit, crop)
         hr_t = torch.from_numpy(hr.transpose(2, 0, 1).copy())
         lr = quantize8(degrade(hr_t, scale, degradation, seed=image_seed(name, seed)).numpy().transpose(1, 2, 0))
-        entry = {"image": name, "hr_size": list(hr.shape[1::-1]), "lr_size": list(lr.shape[1::-1]),
-                 "methods": {}}
-        outputs = {}
-        for mname, fn in methods.items():
-            with PeakMemory(runner.device if mname == LINEARSR else "cpu") as mem:
-                start = time.perf_counter()
-                sr = fn(lr)
-                seconds = time.perf_counter() - start
-            sr = quantize8(sr)
-            if sr.shape != hr.shape:
-                raise RuntimeError(f"{mname} returned {sr.shape} for an HR of {hr.shape}")
-            outputs[mname] = sr
-            res = score(sr, hr, scale, use_brisque, scale)
-            res.update(seconds=seconds, peak_mem_mb=mem.peak_bytes / 2**20)
-            entry["methods"][mname] = res
-        entry["methods"][HR] = score(None, hr, scale, use_brisque)
+        entry, outputs = _evaluate_image(name, hr, lr, methods, runner.device, scale, use_brisque)
         rows.append(entry)
         if out_dir is not None:
-            if len(rows) <= side_by_side:
-                write_side_by_side(out_dir / "side_by_side" / (Path(name).stem + ".png"), outputs, hr)
-            if save_images:
-                for mname, img in outputs.items():
-                    dest = out_dir / "images" / mname / (Path(name).with_suffix(".png"))
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(np.round(img * 255).astype(np.uint8)).save(dest)
+            _write_image_outputs(out_dir, name, outputs, hr, side_by_side=len(rows) <= side_by_side,
+                                 save_images=save_images)
 
     if any(r["methods"][LINEARSR].get("ms_ssim") is None for r in rows):
         notes.append("MS-SSIM needs a short side of at least 176 px after the border crop; smaller images "
@@ -258,6 +214,57 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
     if out_dir is not None:
         write_reports(results, out_dir)
     return results
+
+
+def _baseline_methods(baselines, scale: int) -> tuple[dict, list[str]]:
+    """({name: callable} for the baselines that can run here, notes naming the ones skipped and why).
+    An unknown name is an error, not a note: it is a typo, not a missing dependency."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    notes, methods = [], {}
+    for name in baselines:
+        why = baseline_unavailable_reason(name, scale)
+        if why:
+            notes.append(f"{BASELINE_LABELS[name]} skipped: {why}")
+        else:
+            methods[name] = _baseline(name, scale)
+    return methods, notes
+
+
+def _evaluate_image(name: str, hr: np.ndarray, lr: np.ndarray, methods: dict, device, scale: int,
+                    use_brisque: bool) -> tuple[dict, dict]:
+    """Run every method on one LR image, timed and memory-measured, and score each output against the HR.
+    Returns (the image's report entry, {method: 8-bit-quantised output})."""
+    entry = {"image": name, "hr_size": list(hr.shape[1::-1]), "lr_size": list(lr.shape[1::-1]), "methods": {}}
+    outputs = {}
+    for mname, fn in methods.items():
+        # LinearSR's peak is read on its device; the baselines' as the process's (CPU) memory
+        with PeakMemory(device if mname == LINEARSR else "cpu") as mem:
+            start = time.perf_counter()
+            sr = fn(lr)
+            seconds = time.perf_counter() - start
+        sr = quantize8(sr)
+        if sr.shape != hr.shape:
+            raise RuntimeError(f"{mname} returned {sr.shape} for an HR of {hr.shape}")
+        outputs[mname] = sr
+        res = score(sr, hr, scale, use_brisque, scale)
+        res.update(seconds=seconds, peak_mem_mb=mem.peak_bytes / 2**20)
+        entry["methods"][mname] = res
+    entry["methods"][HR] = score(None, hr, scale, use_brisque)
+    return entry, outputs
+
+
+def _write_image_outputs(out_dir: Path, name: str, outputs: dict, hr: np.ndarray, *, side_by_side: bool,
+                         save_images: bool) -> None:
+    """The optional per-image files: a side-by-side comparison and every method's output as PNG."""
+    if side_by_side:
+        write_side_by_side(out_dir / "side_by_side" / (Path(name).stem + ".png"), outputs, hr)
+    if save_images:
+        for mname, img in outputs.items():
+            dest = out_dir / "images" / mname / (Path(name).with_suffix(".png"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.round(img * 255).astype(np.uint8)).save(dest)
 
 
 def _means(per_image: list[dict]) -> dict:

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 
 import numpy as np
+
+from .knee_signals import CurveSignals, curve_signals
 
 
 @dataclass
@@ -84,79 +85,6 @@ def _num(v):  # JSON-safe float: NaN/inf become None
     return float(v) if math.isfinite(float(v)) else None
 
 
-def _smooth(x: np.ndarray, y: np.ndarray, window: int, iterations: int) -> np.ndarray:
-    """Robust local-linear regression on the ``window`` nearest checkpoints of each point."""
-    n = len(y)
-    k = min(max(3, window), n)
-    idx = np.clip(np.arange(n) - k // 2, 0, n - k)[:, None] + np.arange(k)  # ends: shifted
-    dx, yw = x[idx] - x[:, None], y[idx]
-    dmax = np.abs(dx).max(1, keepdims=True) * 1.25  # so the window's end points still count
-    tricube = (1 - (np.abs(dx) / np.where(dmax > 0, dmax, 1.0)) ** 3) ** 3
-    fit, w = None, tricube
-    for _ in range(iterations + 1):
-        if fit is not None:  # bisquare, scaled by each window's own residual median
-            e = yw - fit[idx]
-            s = np.median(np.abs(e), axis=1, keepdims=True)
-            w = tricube * np.where(s > 0, (1 - np.clip(e / (6 * np.where(s > 0, s, 1)), -1, 1)
-                                            ** 2) ** 2, 1.0)
-        sw = w.sum(1, keepdims=True)  # > 0: half of each window is within 6 medians
-        xm, ym = (w * dx).sum(1, keepdims=True) / sw, (w * yw).sum(1, keepdims=True) / sw
-        var = (w * (dx - xm) ** 2).sum(1, keepdims=True)
-        cov = (w * (dx - xm) * (yw - ym)).sum(1, keepdims=True)
-        fit = (ym - xm * np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1), 0))[:, 0]
-    return fit
-
-
-@lru_cache(maxsize=None)
-def _expected_max_chi2(n: int) -> float:
-    """E[max of n chi2_1 draws] = integral of 1 - F(x)^n."""
-    x = np.linspace(0.0, 80.0, 8001)
-    cdf = np.array([math.erf(math.sqrt(v / 2)) for v in x])
-    return float(np.sum(1.0 - cdf ** n) * (x[1] - x[0]))
-
-
-def _window_scale(seg: np.ndarray) -> float:
-    """Sigma-consistent RMS of the swings in a window without the largest one and its two
-    neighbours: one bad evaluation disturbs exactly three second differences."""
-    sq = seg ** 2
-    n, j, keep = len(sq), int(np.argmax(sq)), np.ones(len(sq), bool)
-    if n < 3:  # too few to trim
-        return math.sqrt(float(np.mean(sq)))
-    keep[max(0, j - 1):j + 2 if n >= 6 else j + 1] = False
-    r = n - int(keep.sum())
-    expect = (n - _expected_max_chi2(n) - (r - 1)) / (n - r)  # neighbours count as average
-    return math.sqrt(float(np.mean(sq[keep])) / max(expect, 1e-6))
-
-
-def _clip_sigma(a: np.ndarray, sig: float, floor: float) -> float:
-    """Gaussian sigma of |values| ``a`` by sigma-clipping: keep a < 2.5 sigma, rescale, repeat."""
-    sig = max(sig, floor)
-    for _ in range(100):
-        kept = a[a < 2.5 * sig]
-        new = max(math.sqrt(float(np.mean(kept ** 2))) / 0.9546, floor) if kept.size > 2 else sig
-        if abs(new - sig) <= 1e-4 * sig:  # 0.9546: sd of N(0,1) cut at +-2.5
-            break
-        sig = new
-    return sig
-
-
-def _quiet_sigma(a: np.ndarray, floor: float, min_len: int) -> float | None:
-    """Noise of the stretch before the likeliest rise in variance (two-segment Gaussian fit),
-    or None unless that stretch has >= min_len points, the rest >= 6x its variance, and >= 40%
-    of the rest beyond 2.5 sigma (a quiet stretch of plain noise fails the last test)."""
-    n, cs, best, cut = len(a), np.cumsum(a ** 2), np.inf, None
-    for t in range(max(3, min_len), n - 2):
-        v1, v2 = cs[t - 1] / t, (cs[-1] - cs[t - 1]) / (n - t)
-        if v2 >= 6 * v1 > 0:
-            ll = t * math.log(v1) + (n - t) * math.log(v2)
-            if ll < best:
-                best, cut = ll, t
-    if cut is None:
-        return None
-    sig = _clip_sigma(a[:cut], 1.4826 * float(np.median(a[:cut])), floor)
-    return sig if np.mean(a[cut:] > 2.5 * sig) >= 0.4 else None
-
-
 def _runs(flags: np.ndarray, patience: int) -> list[tuple[int, int]]:
     """(start, length) of every run of at least ``patience`` consecutive True flags."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags, int), [0]])))
@@ -175,14 +103,74 @@ def _hinge_sse(x: np.ndarray, y: np.ndarray, kink: float) -> float:
     return float(((basis @ np.linalg.lstsq(basis, y, rcond=None)[0] - y) ** 2).sum())
 
 
-def _noise(d: np.ndarray, floor: float, min_points: int) -> float:
-    """Noise sigma from the swings d (rule 2). Sigma-clipping from the median is right unless
-    oscillation fills half the run; then a clear variance change point (a quiet stretch of >= a
-    quarter of the run, 1.5x quieter) decides."""
-    inner = np.abs(d[1:-1])
-    noise = _clip_sigma(inner, 1.4826 * float(np.median(inner)), floor)
-    quiet = _quiet_sigma(inner, floor, max(min_points, len(inner) // 4))
-    return quiet if quiet is not None and noise > 1.5 * quiet else noise
+def _oscillation_event(g: CurveSignals, cfg: KneeConfig, ignore) -> tuple | None:
+    """(onset, knee, phase, confidence, why) of the first sustained oscillation that does not recover, or
+    None; `ignore(start)` is told of every run that recovered."""
+    d, noise, w = g.d, g.noise, g.w
+    for start, run in _runs(g.osc, cfg.patience):
+        if g.recovered(start, cfg):
+            ignore(start)
+            continue
+        # The centred window flags a little early or late. Onset = start of the chain of big
+        # swings (> 1.5 sigma and a quarter of the early run's) leading into the run, one quiet
+        # point allowed between links (period-4 waves have them); walking back link by link
+        # keeps an earlier kink or lone spike out. d[t] may feel a swing at t+1 (weakly, the
+        # quarter bar mostly skips it), so the knee t-1 errs early, never late.
+        big = np.abs(d) >= max(1.5 * noise, 0.25 * float(np.quantile(
+            np.abs(d[start:start + max(2, w // 2)]), 0.8)))
+        big[:max(1, int(np.argmax(g.progressed)))] = False
+        hits = np.flatnonzero(big[start:start + run])
+        onset = start + int(hits[0]) if hits.size else start
+        while onset >= 2 and (big[onset - 2] or big[onset - 1]):
+            onset -= 2 if big[onset - 2] else 1
+        strength = float(np.median(g.ratio[start:start + run])) / cfg.oscillation_threshold
+        return (onset, max(onset - 1, 0), "oscillating", _score(strength, run, cfg.patience),
+                f"sustained oscillation ({strength:.1f}x threshold)")
+    return None
+
+
+def _decline_event(g: CurveSignals, cfg: KneeConfig, ignore) -> tuple | None:
+    """(onset, knee, phase, confidence, why) of the first sustained decline that does not recover, or None."""
+    m, w = len(g.y), g.w
+    for start, run in _runs(g.dec, cfg.patience):
+        if g.recovered(start, cfg):
+            ignore(start)
+            continue
+        strength = float(g.drop[start:start + run].max()) / g.drop_thr
+        # Knee: the kink of a two-segment (continuous, piecewise-linear) fit to the trend from
+        # the top of the curve through the decline - the peak of a sharp turn, the end of a
+        # flat top (its noisy argmax would be anywhere on it).
+        a0, b0 = max(int(np.argmax(g.progressed)), start - 3 * w), min(m, start + run)
+        sse = [_hinge_sse(g.x[a0:b0], g.trend[a0:b0], g.x[t]) for t in range(a0 + 1, start + 1)]
+        knee = a0 + 1 + int(np.argmin(sse)) if sse else int(np.argmax(g.trend[:start + 1]))
+        return (start, knee, "declining", _score(strength, run, cfg.patience),
+                f"sustained decline below the best ({strength:.1f}x tolerance)")
+    return None
+
+
+def _plateau(g: CurveSignals, cfg: KneeConfig, ev: dict) -> tuple[int | None, str, float, str]:
+    """No event: is the end of the curve still rising or flat? (knee index or None, phase, confidence,
+    why with `{step}` for the knee's step). Records the slope test in the evidence `ev`."""
+    x, y, m, rng = g.x, g.y, len(g.y), g.rng
+    pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 3), 3))
+    # Theil-Sen slope (median of pairwise slopes; one bad evaluation cannot tilt it); standard
+    # error from the noise sigma (the OLS formula at Theil-Sen's 91% efficiency).
+    i, j = np.triu_indices(pw, 1)
+    xs, ys = x[-pw:], y[-pw:]
+    slope = float(np.median((ys[j] - ys[i]) / (xs[j] - xs[i])))
+    se = g.noise / math.sqrt(0.91 * float(((xs - xs.mean()) ** 2).sum()))
+    span = float(x[-1] - x[-pw]) / rng
+    gain, slack = slope * span, cfg.plateau_z * se * span
+    ev.update(recent_gain=_num(gain), recent_gain_slack=_num(slack), plateau_window=pw)
+    if gain + slack >= cfg.plateau_tolerance:
+        return (None, "rising", min(1.0, max(gain, 0) / (2 * cfg.plateau_tolerance)),
+                f"Still improving (or too noisy to call flat): the last {pw} points gain "
+                f"{gain:.1%} +- {slack:.1%} of the range; plateau needs < {cfg.plateau_tolerance:.0%}.")
+    reach = int(np.flatnonzero(g.trend >= g.trend.max() - cfg.plateau_tolerance * rng)[0])
+    flat = 1.0 - max(gain + slack, 0.0) / cfg.plateau_tolerance
+    return (reach, "plateau", flat * min(1.0, (m - 1 - reach) / (2 * cfg.patience)),
+            f"Plateau without oscillation: within {100 * cfg.plateau_tolerance:.0f}% of "
+            "the best from step {step} on.")
 
 
 def detect_knee(steps, values, *, higher_is_better: bool = True,
@@ -219,100 +207,26 @@ def detect_knee(steps, values, *, higher_is_better: bool = True,
         return result(False, None, "too_short", 0.0,
                       f"Only {m} finite points; at least {cfg.min_points} are needed.")
 
-    trend = _smooth(x, y, cfg.smoothing, cfg.robust_iterations)
-    rng = max(float(trend.max() - trend.min()), 1e-12)
-    floor = max(cfg.min_noise_fraction * rng, 1e-12)
-    d = np.zeros(m)
-    d[1:-1] = (y[:-2] - 2 * y[1:-1] + y[2:]) / math.sqrt(6.0)
-    noise = (_noise(d, floor, cfg.min_points) if cfg.noise_floor is None
-             else max(float(cfg.noise_floor), floor))
-    w = max(3, min(cfg.oscillation_window, m - 2))
-    lo = np.clip(np.arange(m) - w // 2, 1, max(1, m - 1 - w))
-    hi = np.minimum(lo + w, m - 1)
-    scale = np.array([_window_scale(d[a:b]) for a, b in zip(lo, hi)])
-    ratio = scale / noise
-    flips = np.array([np.count_nonzero(np.diff(np.sign(d[a:b][np.abs(d[a:b]) > noise])))
-                      for a, b in zip(lo, hi)], dtype=int)
-    progressed = trend - trend.min() >= cfg.min_progress * rng
-    osc = (ratio >= cfg.oscillation_threshold) & (flips >= cfg.min_sign_changes) & progressed
-    drop = np.maximum.accumulate(trend) - trend
-    drop_thr = max(cfg.decline_tolerance * rng, cfg.decline_sigmas * noise)
-    dec = drop > drop_thr
-    ev.update(smoothed=[_num(sign * t) for t in trend], oscillation=[_num(t) for t in ratio],
-              sign_changes=flips.tolist(), drop=[_num(t) for t in drop],
-              oscillating_points=osc.tolist(), declining_points=dec.tolist(),
-              noise_floor=_num(noise), decline_threshold=_num(drop_thr), ignored_onsets=[])
-
-    def recovered(i):  # the mean of the last points beats the best up to i by the tolerance
-        tail = y[max(i, m - w):]
-        return float(tail.mean()) - float(trend[:i + 1].max()) >= cfg.plateau_tolerance * rng
-
-    events = []
-    for start, run in _runs(osc, cfg.patience):
-        if recovered(start):
-            ev["ignored_onsets"].append(step_of[first + start])
-            continue
-        # The centred window flags a little early or late. Onset = start of the chain of big
-        # swings (> 1.5 sigma and a quarter of the early run's) leading into the run, one quiet
-        # point allowed between links (period-4 waves have them); walking back link by link
-        # keeps an earlier kink or lone spike out. d[t] may feel a swing at t+1 (weakly, the
-        # quarter bar mostly skips it), so the knee t-1 errs early, never late.
-        big = np.abs(d) >= max(1.5 * noise, 0.25 * float(np.quantile(
-            np.abs(d[start:start + max(2, w // 2)]), 0.8)))
-        big[:max(1, int(np.argmax(progressed)))] = False
-        hits = np.flatnonzero(big[start:start + run])
-        onset = start + int(hits[0]) if hits.size else start
-        while onset >= 2 and (big[onset - 2] or big[onset - 1]):
-            onset -= 2 if big[onset - 2] else 1
-        strength = float(np.median(ratio[start:start + run])) / cfg.oscillation_threshold
-        events.append((onset, max(onset - 1, 0), "oscillating",
-                       _score(strength, run, cfg.patience),
-                       f"sustained oscillation ({strength:.1f}x threshold)"))
-        break
-    for start, run in _runs(dec, cfg.patience):
-        if recovered(start):
-            ev["ignored_onsets"].append(step_of[first + start])
-            continue
-        strength = float(drop[start:start + run].max()) / drop_thr
-        # Knee: the kink of a two-segment (continuous, piecewise-linear) fit to the trend from
-        # the top of the curve through the decline - the peak of a sharp turn, the end of a
-        # flat top (its noisy argmax would be anywhere on it).
-        a0, b0 = max(int(np.argmax(progressed)), start - 3 * w), min(m, start + run)
-        sse = [_hinge_sse(x[a0:b0], trend[a0:b0], x[t]) for t in range(a0 + 1, start + 1)]
-        knee = a0 + 1 + int(np.argmin(sse)) if sse else int(np.argmax(trend[:start + 1]))
-        events.append((start, knee, "declining", _score(strength, run, cfg.patience),
-                       f"sustained decline below the best ({strength:.1f}x tolerance)"))
-        break
+    g = curve_signals(x, y, cfg)
+    ev.update(smoothed=[_num(sign * t) for t in g.trend], oscillation=[_num(t) for t in g.ratio],
+              sign_changes=g.flips.tolist(), drop=[_num(t) for t in g.drop],
+              oscillating_points=g.osc.tolist(), declining_points=g.dec.tolist(),
+              noise_floor=_num(g.noise), decline_threshold=_num(g.drop_thr), ignored_onsets=[])
+    ignore = lambda k: ev["ignored_onsets"].append(step_of[first + k])  # noqa: E731
+    events = [e for e in (_oscillation_event(g, cfg, ignore), _decline_event(g, cfg, ignore)) if e]
     if collapse is not None:
-        events.append((m, int(np.argmax(trend)), "declining", 1.0,
+        events.append((m, int(np.argmax(g.trend)), "declining", 1.0,
                        f"the metric became non-finite at step {step_of[collapse]}"))
     if events:
         onset, knee, phase, conf, why = min(events, key=lambda e: (e[0], e[1]))
         ev.update(onset_index=int(order[first + onset]), onset_step=step_of[first + onset])
         return result(True, knee, phase, conf, f"Knee at step {step_of[first + knee]}: {why} "
                       f"begins at step {ev['onset_step']}.")
-
-    pw = min(m, max(cfg.plateau_window or max(cfg.oscillation_window, m // 3), 3))
-    # Theil-Sen slope (median of pairwise slopes; one bad evaluation cannot tilt it); standard
-    # error from the noise sigma (the OLS formula at Theil-Sen's 91% efficiency).
-    i, j = np.triu_indices(pw, 1)
-    xs, ys = x[-pw:], y[-pw:]
-    slope = float(np.median((ys[j] - ys[i]) / (xs[j] - xs[i])))
-    se = noise / math.sqrt(0.91 * float(((xs - xs.mean()) ** 2).sum()))
-    span = float(x[-1] - x[-pw]) / rng
-    gain, slack = slope * span, cfg.plateau_z * se * span
-    ev.update(recent_gain=_num(gain), recent_gain_slack=_num(slack), plateau_window=pw)
-    if gain + slack >= cfg.plateau_tolerance:
-        return result(False, None, "rising", min(1.0, max(gain, 0) / (2 * cfg.plateau_tolerance)),
-                      f"Still improving (or too noisy to call flat): the last {pw} points gain "
-                      f"{gain:.1%} +- {slack:.1%} of the range; plateau needs < "
-                      f"{cfg.plateau_tolerance:.0%}.")
-    reach = int(np.flatnonzero(trend >= trend.max() - cfg.plateau_tolerance * rng)[0])
-    flat = 1.0 - max(gain + slack, 0.0) / cfg.plateau_tolerance
+    reach, phase, conf, why = _plateau(g, cfg, ev)
+    if reach is None:
+        return result(False, None, phase, conf, why)
     ev.update(onset_index=int(order[first + reach]), onset_step=step_of[first + reach])
-    return result(True, reach, "plateau", flat * min(1.0, (m - 1 - reach) / (2 * cfg.patience)),
-                  f"Plateau without oscillation: within {100 * cfg.plateau_tolerance:.0f}% of "
-                  f"the best from step {step_of[first + reach]} on.")
+    return result(True, reach, phase, conf, why.format(step=step_of[first + reach]))
 
 
 def detect_knee_multi(curves: dict, config: KneeConfig | None = None) -> KneeResult:

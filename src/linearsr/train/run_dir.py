@@ -25,6 +25,17 @@ from pathlib import Path
 SNAPSHOT_RE = re.compile(r"^step_(\d+)$")
 
 
+class _InRun:
+    """A file or folder of the run folder, read as an attribute: `run.metrics` is `run.root / "metrics.jsonl"`
+    (a read-only property, written once per name instead of one property body each)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: "RunDir | None", owner=None):
+        return self if run is None else run.root / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -43,49 +54,20 @@ class RunDir:
     def __str__(self) -> str:
         return str(self.root)
 
-    # ---- the layout ----
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def state_prev(self) -> Path:
-        return self.root / "state.prev"
-
-    @property
-    def snapshots(self) -> Path:
-        return self.root / "snapshots"
+    # ---- the layout: one line per file (see the module docstring) ----
+    config = _InRun("config.yaml")
+    metrics = _InRun("metrics.jsonl")
+    state = _InRun("state")
+    state_prev = _InRun("state.prev")
+    snapshots = _InRun("snapshots")
+    curves = _InRun("curves.png")
+    knee = _InRun("knee.json")
+    knee_plot = _InRun("knee.png")
+    pinned = _InRun("pinned.json")
+    stage_done = _InRun("stage_done.json")
 
     def snapshot(self, step: int) -> Path:
         return self.snapshots / f"step_{step:07d}"
-
-    @property
-    def curves(self) -> Path:
-        return self.root / "curves.png"
-
-    @property
-    def knee(self) -> Path:
-        return self.root / "knee.json"
-
-    @property
-    def knee_plot(self) -> Path:
-        return self.root / "knee.png"
-
-    @property
-    def pinned(self) -> Path:
-        return self.root / "pinned.json"
-
-    @property
-    def stage_done(self) -> Path:
-        return self.root / "stage_done.json"
 
     def stage(self, name: str) -> "RunDir":
         """The run folder of one stage of a recipe run into this folder."""
