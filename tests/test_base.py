@@ -1,7 +1,6 @@
 """The base under the flow (bicubic / span / none) and the degradation-level conditioning."""
 
 import io
-import json
 
 import numpy as np
 import pytest

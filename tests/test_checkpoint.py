@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import randomize, tiny_config
+from conftest import tiny_config
 from linearsr.model.checkpoint import CheckpointError
 from linearsr.model.config import ModelConfig
 from linearsr.model.network import LinearSRModel, load_pretrained

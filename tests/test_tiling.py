@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import randomize, tiny_config
 from linearsr.flow.sample import super_resolve
-from linearsr.inference.memory import (estimate_peak_memory, ffn_chunk_rows_for, plan_memory, plan_tiles,
+from linearsr.inference.memory import (estimate_peak_memory, ffn_chunk_rows_for, plan_memory,
                                        tiled_peak_memory)
 from linearsr.inference.tiling import TiledVelocity, latent_align, tile_positions
 from linearsr.model.config import ModelConfig
@@ -94,7 +94,7 @@ def test_blended_tiles_leave_no_seams_on_a_smooth_gradient():
 
 def test_plan_whole_image_when_it_fits_and_tiles_when_it_does_not():
     config = ModelConfig.from_size("small")
-    assert plan_tiles(config, 256, 256, 8 * 2**30) is None
+    assert plan_memory(config, 256, 256, 8 * 2**30).tile_px is None
     budget = estimate_peak_memory(config, 2048, 2048) // 2  # the full-size host arrays share it on a CPU
     plan = plan_memory(config, 2048, 2048, budget)
     tile = plan.tile_px
@@ -105,10 +105,10 @@ def test_plan_whole_image_when_it_fits_and_tiles_when_it_does_not():
     bigger = tile + latent_align(config) * config.codec_factor
     assert tiled_peak_memory(config, 2048, 2048, bigger) > budget
     assert tiled_peak_memory(config, 2048, 2048, bigger, ffn_chunk_rows=ffn_chunk_rows_for(config, bigger)) > budget
-    more = plan_tiles(config, 2048, 2048, budget * 3 // 2)
+    more = plan_memory(config, 2048, 2048, budget * 3 // 2).tile_px
     assert more is None or more >= tile
     # a GPU whose host arrays live in RAM can take larger tiles under the same budget
-    gpu = plan_tiles(config, 2048, 2048, budget, host_in_budget=False)
+    gpu = plan_memory(config, 2048, 2048, budget, host_in_budget=False).tile_px
     assert gpu is None or gpu >= tile
 
 
@@ -133,5 +133,5 @@ def test_impossible_budget_fails_at_once_with_a_clear_message():
     config = ModelConfig.from_size("small")
     start = time.perf_counter()
     with pytest.raises(ValueError, match="too small"):
-        plan_tiles(config, 8192, 8192, 10 * 2**20)
+        plan_memory(config, 8192, 8192, 10 * 2**20).tile_px
     assert time.perf_counter() - start < 1.0

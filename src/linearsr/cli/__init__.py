@@ -55,12 +55,7 @@ def _register() -> None:
     import importlib
 
     for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana", "span"):
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:  # a command module not written yet, never a missing dependency
-            if e.name != f"{__name__}.{name}":
-                raise
-            continue
+        module = importlib.import_module(f".{name}", __name__)
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)
 

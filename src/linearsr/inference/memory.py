@@ -179,8 +179,3 @@ def plan_memory(config: ModelConfig, hr_h: int, hr_w: int, budget_bytes: int, *,
     cells = lo * align
     _, rows, need = tile_fits(cells)
     return MemoryPlan(cells * f, rows, need, budget_bytes)
-
-
-def plan_tiles(config: ModelConfig, hr_h: int, hr_w: int, budget_bytes: int, **kwargs) -> int | None:
-    """None when the whole image fits `budget_bytes`, else the tile side in HR pixels (see `plan_memory`)."""
-    return plan_memory(config, hr_h, hr_w, budget_bytes, **kwargs).tile_px
