@@ -13,9 +13,8 @@ def _deterministic():
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    """The smallest meaningful model: 1 block, width 16, pixel codec x4."""
-    base = dict(depth=1, width=16, heads=2, mlp_ratio=2.0, stem_channels=8, codec_factor=4, cond_dim=12)
-    return ModelConfig(**{**base, **overrides})
+    """The library's own `tiny` size (1 block, width 16, pixel codec x4), so "tiny" means one thing."""
+    return ModelConfig.from_size("tiny", **overrides)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:

@@ -78,10 +78,10 @@ def test_same_seed_bit_identical_different_seed_differs(tiny_model):
 def test_condition_tokens_change_output_and_mask_hides_padding(tiny_model):
     lr = torch.rand(1, 3, 8, 8) * 2 - 1
     x = torch.randn(tiny_model.latent_shape(lr))
-    ctx = torch.randn(1, 3, 12)
+    ctx = torch.randn(1, 3, tiny_model.config.cond_dim)
     base = tiny_model(x, 0.5, lr)
     assert not torch.allclose(tiny_model(x, 0.5, lr, ctx), base)
-    padded = torch.cat([ctx, torch.randn(1, 2, 12) * 100], dim=1)
+    padded = torch.cat([ctx, torch.randn(1, 2, tiny_model.config.cond_dim) * 100], dim=1)
     mask = torch.tensor([[True, True, True, False, False]])
     assert torch.allclose(tiny_model(x, 0.5, lr, padded, mask), tiny_model(x, 0.5, lr, ctx), atol=1e-5)
 
@@ -123,7 +123,7 @@ def test_fresh_model_starts_at_zero_output():
 def test_rows_without_tags_use_the_null_tokens(tiny_model):
     lr = torch.rand(2, 3, 8, 8) * 2 - 1
     x = torch.randn(tiny_model.latent_shape(lr))
-    ctx = torch.randn(2, 3, 12)
+    ctx = torch.randn(2, 3, tiny_model.config.cond_dim)
     mask = torch.tensor([[True, True, False], [False, False, False]])  # row 1: no tags at all
     out = tiny_model(x, 0.5, lr, ctx, mask)
     assert torch.isfinite(out).all()

@@ -1,5 +1,6 @@
 """A tiny model must be able to learn: overfit one LR/HR pair, then sample it back."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -24,10 +25,12 @@ def make_pair(size=32, scale=4):
     return hr, lr
 
 
+@pytest.mark.slow  # about 4 minutes on a CPU
 def test_tiny_model_overfits_one_pair():
     torch.manual_seed(0)
     hr, lr = make_pair()
-    model = LinearSRModel(tiny_config(depth=2, width=48, heads=2))
+    # cond_dim 12: the tag width this test was calibrated with (it changes the random init drawn after seed 0)
+    model = LinearSRModel(tiny_config(depth=2, width=48, heads=2, cond_dim=12))
     loss_fn = FlowMatchingLoss(TimeSampler(kind="logit_normal"))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)

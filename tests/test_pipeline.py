@@ -71,7 +71,7 @@ def test_adain_matches_channel_statistics_exactly():
 def test_guidance_one_is_a_single_plain_forward_per_step(tiny_model):
     lr = torch.rand(1, 3, 8, 8) * 2 - 1
     counter = Counting(tiny_model)
-    velocity = guided_velocity(counter, 1.0, torch.randn(1, 3, 12), None, None)
+    velocity = guided_velocity(counter, 1.0, torch.randn(1, 3, tiny_model.config.cond_dim), None, None)
     super_resolve(tiny_model, lr, steps=3, velocity=velocity)
     assert counter.batches == [1, 1, 1]
 
@@ -81,7 +81,7 @@ def test_guidance_is_one_batched_forward_equal_to_two_separate_ones(boundaries):
     model = randomize(LinearSRModel(tiny_config(expert_boundaries=boundaries))).eval()
     lr = torch.rand(1, 3, 8, 8) * 2 - 1
     x = torch.randn(model.latent_shape(lr))
-    ctx, mask = torch.randn(1, 3, 12), torch.tensor([[True, True, False]])
+    ctx, mask = torch.randn(1, 3, model.config.cond_dim), torch.tensor([[True, True, False]])
     counter = Counting(model)
     velocity = guided_velocity(counter, 3.0, ctx, mask, None)
     for t in (0.3, 0.7):
@@ -195,8 +195,9 @@ def test_tags_without_an_encoder_warn_once_and_use_null_tokens(sr):
     assert np.array_equal(plain, tagged)
 
 
-def test_auto_tag_encoder_is_skipped_when_the_model_width_does_not_match(tiny_model):
-    sr = LinearSR(tiny_model, tag_encoder="auto")  # tiny cond_dim 12 != MiniLM's 384: nothing is loaded
+def test_auto_tag_encoder_is_skipped_when_the_model_width_does_not_match():
+    narrow = LinearSRModel(tiny_config(cond_dim=12)).eval()
+    sr = LinearSR(narrow, tag_encoder="auto")  # cond_dim 12 != MiniLM's 384: nothing is loaded
     with pytest.warns(UserWarning, match="does not match"):
         sr.enhance(rgb_image(), steps=1, tags="cat")
     assert sr.tag_encoder is None
@@ -208,7 +209,7 @@ def test_tag_encoder_hook_and_batched_guidance(sr):
     def encoder(tags):
         seen.append(tags)
         g = torch.Generator().manual_seed(len(tags))
-        return torch.randn(1, len(tags), 12, generator=g), torch.ones(1, len(tags), dtype=torch.bool)
+        return torch.randn(1, len(tags), sr.model.config.cond_dim, generator=g), torch.ones(1, len(tags), dtype=torch.bool)
 
     sr.tag_encoder = encoder
     img = rgb_image()

@@ -142,8 +142,7 @@ def test_esgf_and_hooks_sit_below_the_training_loop():
 def test_a_pixel_model_and_its_start_weights_never_load_the_sana_importer(tmp_path):
     run = fake_run(tmp_path, [20.0, 21.0])  # snapshots of the tests' tiny model
     (run / "knee.json").write_text(json.dumps({"step": 200}))
-    model = dict(depth=1, width=16, heads=2, mlp_ratio=2.0, stem_channels=8, codec_factor=4, cond_dim=12)
-    cfg = {"model_size": "tiny", "model": model, "init_from": str(run)}
+    cfg = {"model_size": "tiny", "init_from": str(run)}
     loaded = _modules_after("from linearsr.train.loop import build_model\nfrom linearsr.train.config import TrainConfig\n"
                             f"m = build_model(TrainConfig.from_dict({cfg!r}))\n"
                             "assert m.config.provenance['init_from'].endswith('step_0000200')")
