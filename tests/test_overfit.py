@@ -25,7 +25,7 @@ def make_pair(size=32, scale=4):
     return hr, lr
 
 
-@pytest.mark.slow  # about 4 minutes on a CPU
+@pytest.mark.slow  # trains a small model for 300 steps, the longest test by far
 def test_tiny_model_overfits_one_pair():
     torch.manual_seed(0)
     hr, lr = make_pair()
