@@ -168,7 +168,10 @@ class LinearSRBackbone(nn.Module):
         t_mod = self.time_mod(F.silu(t_emb))
         if self.config.cross_attention:
             context, context_mask = self._fill_null_rows(b, context, context_mask)
-            context = self.caption_norm(self.caption_projection(context.to(tokens.dtype)))
+            context = self.caption_projection(context.to(tokens.dtype))
+            # The norm in float32: under bf16 autocast its fp32 weight would otherwise meet a bf16 input,
+            # which PyTorch runs unfused (and warns about on every call).
+            context = self.caption_norm(context.float()).to(context.dtype)
 
         for block in self.blocks:
             args = (tokens, (gh, gw), t_mod, context, context_mask, self.ffn_chunk_rows)
