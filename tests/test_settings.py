@@ -28,18 +28,18 @@ def test_explicit_beats_preset_beats_defaults():
     assert {k: getattr(SamplingSettings(), k) for k in DEFAULTS} == DEFAULTS
     realism = SamplingSettings(preset="realism")
     assert {k: getattr(realism, k) for k in DEFAULTS} == PRESETS["realism"]
-    mixed = SamplingSettings(preset="realism", steps=3, color_fix="none")
-    assert (mixed.steps, mixed.color_fix, mixed.guidance, mixed.eta) == (3, "none", 2.0, 0.3)
+    mixed = SamplingSettings(preset="realism", steps=3, color_fix="wavelet")
+    assert (mixed.steps, mixed.color_fix, mixed.guidance, mixed.strength) == (3, "wavelet", 2.0, 0.5)
     # the non-preset knobs have plain defaults, whatever the preset
-    assert (realism.sampler, realism.seed, realism.tags, realism.tile, realism.strength) == ("euler", 0, (), "auto", 1.0)
+    assert (realism.sampler, realism.seed, realism.tags, realism.tile) == ("euler", 0, (), "auto")
 
 
 def test_override_re_resolves_a_changed_preset_and_keeps_the_rest():
     s = SamplingSettings(steps=5, seed=7)
     assert s.override() is s and s.override(steps=None) is s  # None = keep
     r = s.override(preset="realism")
-    assert (r.steps, r.guidance, r.seed) == (8, 2.0, 7)  # the new preset's steps, the old explicit seed
-    assert s.override(preset="realism", steps=2).steps == 2
+    assert (r.steps, r.guidance, r.seed) == (PRESETS["realism"]["steps"], 2.0, 7)  # the new preset's, the old seed
+    assert s.override(preset="realism", steps=3).steps == 3
     assert settings_from(None, preset="realism", tags="cat, grass; cat").tags == ("cat", "grass")
     with pytest.raises(TypeError, match="unknown sampling setting stepz"):
         s.override(stepz=3)
@@ -47,7 +47,8 @@ def test_override_re_resolves_a_changed_preset_and_keeps_the_rest():
         settings_from({"steps": 2})
 
 
-def test_heun_resolves_the_presets_eta_to_zero_but_refuses_an_explicit_one():
+def test_heun_resolves_the_presets_eta_to_zero_but_refuses_an_explicit_one(monkeypatch):
+    monkeypatch.setitem(PRESETS["realism"], "eta", 0.3)  # a preset with stochastic steps
     assert SamplingSettings(preset="realism", sampler="heun").eta == 0.0
     assert SamplingSettings(preset="realism").override(sampler="heun").eta == 0.0
     assert SamplingSettings(preset="realism", sampler="heun").override(sampler="euler").eta == 0.3
@@ -117,9 +118,9 @@ def test_cli_choices_ranges_and_shown_defaults_come_from_the_knobs():
     text = " ".join(CliRunner().invoke(main, ["upscale", "--help"]).output.split())
     assert f"--steps INTEGER RANGE Sampling steps per pass. [default: (from the preset, else {DEFAULTS['steps']})" in text
     assert "[default: (from the preset, else none)" in text  # colour fix: none, not the old "wavelet"
-    assert "[default: (none: steps 1, guidance 1, eta 0, colour fix none)]" in text
-    assert "realism (sharper, more generated detail): steps 8, guidance 2, eta 0.3, colour fix wavelet" in text
-    assert "--strength FLOAT RANGE" in text and "[default: (1); 0.0<=x<=1.0]" in text
+    assert "[default: (none: steps 1, guidance 1, eta 0, colour fix none, strength 1)]" in text
+    assert "realism (sharper, more generated detail): steps 2, guidance 2, eta 0, colour fix none, strength 0.5" in text
+    assert "--strength FLOAT RANGE" in text and "[default: (from the preset, else 1); 0.0<=x<=1.0]" in text
     assert "--degradation NAME=LEVEL,..." in text
 
 
@@ -198,4 +199,4 @@ def test_cli_passes_strength_and_degradation_and_records_them(tmp_path):
     assert res.exit_code == 0, res.output
     meta = json.loads(Image.open(tmp_path / "a_x4.png").text["linearsr"])
     assert (meta["strength"], meta["degradation"], meta["sampler"], meta["eta"], meta["steps"]) == (
-        0.5, {"noise": 0.0}, "heun", 0.0, 8)
+        0.5, {"noise": 0.0}, "heun", 0.0, PRESETS["realism"]["steps"])

@@ -41,9 +41,14 @@ DEGRADATION_NAMES = LEVELS
 # the LR (highest PSNR/SSIM, and the fastest). realism: several stochastic steps with tag guidance, sharper
 # but less faithful. DEFAULTS is what runs without a preset: fidelity, because the bundled CPU-trained model
 # is strongest there (see weights/default/MODEL_CARD.md).
+# fidelity: one step from t = 0, the model's estimate of E[HR | LR] over the prior (highest PSNR, fastest).
+# realism: two deterministic steps, half of the generated residual kept: chosen on the validation crops of the
+# default model v0.3 (docs/prior.md), where 8 stochastic steps added grain (detail ratio 1.4-2.4, -6 dB) and
+# two steps at full strength still over-sharpened clean inputs; no colour fix, which would pull the low
+# frequencies back to the degraded input's and undo the correction.
 PRESETS: dict[str, dict] = {
-    "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none"),
-    "realism": dict(steps=8, guidance=2.0, eta=0.3, color_fix="wavelet"),
+    "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none", strength=1.0),
+    "realism": dict(steps=2, guidance=2.0, eta=0.0, color_fix="none", strength=0.5),
 }
 PRESET_NOTES = {"fidelity": "close to the input, fastest", "realism": "sharper, more generated detail"}
 DEFAULTS: dict = dict(PRESETS["fidelity"])
@@ -85,7 +90,8 @@ KNOBS: dict[str, Knob] = {
                     choices=("auto",)),
     "memory_budget": Knob("Bytes one pass may use (default a fraction of the free memory).", None, 1, whole=True),
     "strength": Knob("How much generated detail to keep over the restoration prior (0 = the prior image "
-                     "alone, e.g. SPAN's; needs a model with a base).", 1.0, 0.0, 1.0, page=(0.0, 1.0, 0.05)),
+                     "alone, e.g. SPAN's; models without a base ignore it).", DEFAULTS["strength"], 0.0, 1.0,
+                     page=(0.0, 1.0, 0.05)),
     "degradation": Knob('Override the estimated degradation levels, e.g. "noise=0.5,jpeg=0" (names '
                         f'{", ".join(DEGRADATION_NAMES)}; levels 0 to 4).'),
 }
