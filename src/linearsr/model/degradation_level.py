@@ -60,7 +60,6 @@ def _dct_matrix(n: int = 8) -> torch.Tensor:
     return m
 
 
-_HIGH = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) >= 5  # the high-frequency half of a block
 TEXTURE = 40.0  # sum of |AC| in 8-bit units above which a block has detail that JPEG would have to quantise
 
 
@@ -77,7 +76,9 @@ def jpeg_level(grey: torch.Tensor) -> torch.Tensor:
     coef = d @ blocks @ d.T
     ac_energy = coef.abs().sum((-1, -2)) - coef[..., 0, 0].abs()
     textured = (ac_energy > TEXTURE).float()
-    near_zero = (coef.abs() < 0.6)[..., _HIGH.to(grey.device)].float().mean(-1)
+    k = torch.arange(8, device=grey.device)
+    high = (k[:, None] + k[None, :]) >= 5  # the high-frequency half of a block
+    near_zero = ((coef.abs() < 0.6) & high).float().sum((-1, -2)) / high.sum()
     return (near_zero * textured).sum(1) / textured.sum(1).clamp_min(1)
 
 

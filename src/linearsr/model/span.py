@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 SPAN_WEIGHTS_DIR = Path(__file__).parents[1] / "data" / "span"  # package data of linearsr
 SPAN_SCALES = (2, 4)
@@ -76,13 +77,21 @@ class SPAN(nn.Module):
         return F.pixel_shuffle(self.upsampler(out), self.scale)
 
 
+def holds_data(t: torch.Tensor) -> bool:
+    """False for tensors on the meta device (shape checks) or under fake tensors (FLOP counting): those
+    models hold no weights, so nothing is loaded into them or re-laid out."""
+    return not (t.is_meta or isinstance(t, FakeTensor))
+
+
 def load_span(scale: int, path: str | Path | None = None) -> SPAN:
     """SPAN with the shipped official weights for `scale` (or a converted file at `path`), in eval mode."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path) if path is not None else span_weights_path(scale)
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    model = SPAN(scale=scale, channels=state["conv_1.weight"].shape[0])
-    if not model.rgb_mean.is_meta:  # a model built on the meta device (shape checks) holds no weights
-        model.load_state_dict(state)
+    with safe_open(str(path), framework="pt") as fh:  # the header alone gives the width
+        channels = fh.get_slice("conv_1.weight").get_shape()[0]
+    model = SPAN(scale=scale, channels=channels)
+    if holds_data(model.rgb_mean):
+        model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return model.eval()
