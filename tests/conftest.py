@@ -1,5 +1,10 @@
+import socket
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from linearsr.model.config import ModelConfig
 from linearsr.model.network import LinearSRModel
@@ -30,3 +35,17 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.
 @pytest.fixture
 def tiny_model() -> LinearSRModel:
     return randomize(LinearSRModel(tiny_config())).eval()
+
+
+def write_png(path: Path, h: int = 12, w: int = 16, seed: int = 0) -> Path:
+    """A small random RGB PNG (parent folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@ controls are built from, a job stops when its client cancels or its time runs ou
 pile up on disk. Uses gradio_client over real HTTP on 127.0.0.1 (skipped without the `web` extra)."""
 
 import importlib.util
-import socket
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import randomize, tiny_config
+from conftest import free_port, randomize, tiny_config, write_png
 from linearsr.inference.pipeline import LinearSR
 from linearsr.inference.jobs import LIMITS, JobStopped, check_request, prune_results, run_upscale
 from linearsr.model.network import LinearSRModel
@@ -21,15 +20,6 @@ needs_gradio = pytest.mark.skipif(not HAS_CLIENT, reason="needs gradio and gradi
 GOOD = dict(scale=2.0, preset="default", steps=2, guidance=1.0, tags="", seed=0, color_fix="none")
 
 
-def write_png(path: Path, h: int, w: int, seed: int = 0) -> Path:
-    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import randomize, tiny_config
+from conftest import randomize, tiny_config, write_png
 from linearsr.cli import main
 from linearsr.model.network import LinearSRModel
 
@@ -20,11 +20,6 @@ def model_dir(tmp_path_factory):
     randomize(LinearSRModel(tiny_config())).eval().save_pretrained(path)
     return path
 
-
-def write_png(path: Path, h=12, w=16, seed=0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
-    return path
 
 
 def run(*args):

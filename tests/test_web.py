@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import randomize, tiny_config
+from conftest import free_port, randomize, tiny_config, write_png
 from linearsr.imageio import ImageError
 from linearsr.inference.pipeline import LinearSR
 from linearsr.inference.jobs import run_upscale
@@ -37,15 +37,6 @@ def model_dir(tmp_path_factory):
     return path
 
 
-def write_png(path: Path, h: int, w: int, seed: int = 0) -> Path:
-    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def can_connect(host: str, port: int) -> bool:
