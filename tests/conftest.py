@@ -1,3 +1,5 @@
+import os
+import random
 import socket
 from pathlib import Path
 
@@ -6,8 +8,30 @@ import pytest
 import torch
 from PIL import Image
 
+from linearsr import runtime
 from linearsr.model.config import ModelConfig
 from linearsr.model.network import LinearSRModel
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("order", "test order (the suite must pass in any order)")
+    group.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
+    group.addoption("--shuffle-seed", type=int, default=None, metavar="N",
+                    help="run the collected tests in a random order drawn from seed N")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+    seed = config.getoption("--shuffle-seed")
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle-seed")
+    if config.getoption("--reverse") or seed is not None:
+        return f"test order: reverse={config.getoption('--reverse')} shuffle_seed={seed}"
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +39,23 @@ def _deterministic():
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _process_settings():
+    """Process-wide settings a test (or a CLI command it invokes) may change are put back afterwards, so no
+    test sees what an earlier one left: the allocator tuning (freed memory kept by the heap hides a later
+    test's allocations), torch's thread count and default dtype, and OMP_NUM_THREADS."""
+    threads, dtype, omp = torch.get_num_threads(), torch.get_default_dtype(), os.environ.get("OMP_NUM_THREADS")
+    yield
+    runtime.restore_allocator()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -144,6 +144,23 @@ def test_allocator_tuning_is_idempotent_and_releases_only_large_growth():
     assert runtime.release_memory(keep_bytes=16 * 2**20) is True  # past the allowance: handed back
 
 
+def test_restore_allocator_makes_fresh_blocks_visible_again():
+    """After tuned work the heap keeps freed memory, so a new block adds nothing to the resident set; the
+    restored allocator maps it afresh, which is what a later memory measurement needs."""
+    from linearsr.evaluation.procinfo import PeakMemory
+
+    if not runtime.tune_allocator() or runtime.resident_bytes() is None:
+        pytest.skip("not glibc on Linux: no allocator tuning to undo")
+    kept = np.ones(30_000_000)  # 240 MB through the tuned heap, then kept by it
+    del kept
+    runtime.restore_allocator()
+    with PeakMemory() as mem:
+        block = np.ones(20_000_000)
+        del block
+    assert mem.peak_bytes > 100e6
+    assert runtime.tune_allocator() is True  # tuning again works after a restore
+
+
 def test_cpu_pipeline_bands_the_mix_ffn_whatever_the_memory(tiny_model, monkeypatch):
     """On a CPU the Mix-FFN always runs in bands of CPU_FFN_ROWS token rows (faster and a smaller heap), with
     the same result as the whole grid."""

@@ -28,6 +28,7 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
+GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own defaults (mallopt(3))
 TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt accepts: never trim on free, trim explicitly
 RELEASE_ABOVE = 1 << 30  # release_memory keeps up to this much free heap for the next image
 _state: dict = {"tuned": None, "libc": None}
@@ -61,6 +62,18 @@ def tune_allocator(environ=None) -> bool:
         ok = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _state["tuned"], _state["floor"] = ok, resident_bytes()
     return ok
+
+
+def restore_allocator() -> None:
+    """Undo `tune_allocator`: glibc's default limits again and the kept heap handed back. For a process
+    that measures memory after tuned work (the test suite): otherwise a later block is served from memory
+    the heap already holds and its growth is invisible."""
+    if _state["tuned"]:
+        libc = _glibc()
+        libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+    _state["tuned"] = None
 
 
 def resident_bytes() -> int | None:
