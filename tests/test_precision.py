@@ -1,5 +1,7 @@
 """The precision setting (auto/fp32/bf16/fp16), the accuracy guard for bf16, and the process runtime settings."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,11 @@ def test_auto_on_cpu_follows_the_detection(monkeypatch, fast, want):
     monkeypatch.setattr(prec, "_this_cpu_has_fast_bf16", lambda: fast)
     assert prec.resolve_precision("auto", "cpu") == want
     assert prec.resolve_precision("fp32", "cpu") == "fp32"  # explicit choices are never changed
-    assert prec.resolve_precision("bf16", "cpu") == "bf16"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert prec.resolve_precision("bf16", "cpu") == "bf16"
+    # bf16 without the CPU's bf16 instructions is obeyed, with one warning that says why it is slow
+    assert [str(w.message) for w in seen] == ([] if fast else [prec.SLOW_BF16])
 
 
 @pytest.mark.parametrize("capability, want", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
