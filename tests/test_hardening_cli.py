@@ -54,8 +54,8 @@ def test_bad_corpus_through_the_cli_one_line_each_batch_goes_on_nothing_overwrit
         mine = [line for line in lines if name in line]
         assert len(mine) == 1, (name, lines)
         assert words in mine[0], (name, mine)
-    assert any("good_b_x4.png: output exists" in line for line in lines)
-    assert lines[-1] == f"1 upscaled, {len(expected) + 1} failed"
+    assert any("good_b_x4.png exists, skipped" in line for line in lines)
+    assert lines[-1] == f"1 upscaled, 1 skipped (output exists), {len(expected)} failed"
     assert (out / "good_b_x4.png").read_bytes() == b"an earlier result"
     assert Image.open(out / "good_a_x4.png").size == (64, 48)
     assert digest(corpus) == inputs_before  # the inputs are untouched

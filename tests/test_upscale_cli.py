@@ -47,9 +47,10 @@ def test_bad_files_fail_one_line_each_and_the_batch_goes_on(tmp_path, model_dir)
     assert Image.open(out / "a_x4.png").size == (64, 48)
     written = (out / "a_x4.png").read_bytes()
 
-    # a rerun without --overwrite refuses to replace the outputs (and says so); with it, it replaces them
+    # a rerun without --overwrite skips the existing outputs with a note and succeeds; with it, it replaces them
     res = run(*good, "-o", out, "--model", model_dir, "--steps", "1", "--seed", "9")
-    assert res.exit_code == 1 and res.output.count("--overwrite") == 2
+    assert res.exit_code == 0 and res.output.count("exists, skipped") == 2, res.output
+    assert res.output.strip().splitlines()[-1] == "0 upscaled, 2 skipped (output exists), 0 failed"
     assert (out / "a_x4.png").read_bytes() == written
     # (two steps: a one-step sample is the deterministic prediction from t = 0, the same for every seed)
     res = run(*good, "-o", out, "--model", model_dir, "--steps", "2", "--seed", "9", "--overwrite")
@@ -125,3 +126,80 @@ def test_torchrun_two_ranks_write_every_output_exactly_once(tmp_path, model_dir)
         assert sum(f"-> {target} (64x48," in line for line in done) == 1
         assert Path(target).is_file()
     assert {line.split("]")[0] for line in done} == {"[rank 0", "[rank 1"}
+
+
+def test_inputs_and_outputs_are_checked_before_the_model_loads(tmp_path, model_dir, monkeypatch):
+    """A missing file, a text file named .png and an existing output are reported without loading the model
+    (it takes seconds); a batch with nothing left to do is a quick no-op that succeeds."""
+    from linearsr.inference.pipeline import LinearSR
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    good = write_png(tmp_path / "a.png")
+    (tmp_path / "a_x4.png").write_bytes(b"an earlier result")
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture\n")
+    monkeypatch.setattr(LinearSR, "from_pretrained", no_model)
+    res = run(tmp_path / "missing.png", text, "--model", model_dir)
+    assert res.exit_code == 1, res.output
+    assert "missing.png: no such file" in res.output and "notes.png: cannot identify image file" in res.output
+    res = run(good, "--model", model_dir)
+    assert res.exit_code == 0 and "a_x4.png exists, skipped" in res.output, res.output
+    assert (tmp_path / "a_x4.png").read_bytes() == b"an earlier result"
+
+
+@pytest.mark.parametrize("make, option, words", [
+    ("file", "afile/", "the trailing / asks for a folder, but"),
+    ("file", "afile", "an existing file without an image extension"),
+    (None, "result.txt", "'.txt' is not a format we write"),
+])
+def test_output_option_says_what_is_wrong_with_the_path(tmp_path, model_dir, make, option, words):
+    good = write_png(tmp_path / "a.png")
+    if make:
+        (tmp_path / "afile").write_text("mine")
+    res = run(good, "-o", f"{tmp_path}/{option}", "--model", model_dir, "--overwrite")
+    assert res.exit_code == 2 and words in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "result.txt").exists()
+    if make:
+        assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_terminal_bars_still_print_each_output_path_and_count_steps_inside_an_image(tmp_path, model_dir,
+                                                                                   monkeypatch, capsys):
+    from linearsr.cli import upscale_batch
+    from linearsr.cli.upscale import _Job, _run_batch
+    from linearsr.inference.pipeline import LinearSR
+    from linearsr.settings import SamplingSettings
+
+    monkeypatch.setattr(upscale_batch, "TICK_S", 0.01)
+    refreshes = []
+    original = upscale_batch.ImageProgress.__call__
+
+    def counting(self, done, total):  # the bar of one image sees every step of both passes (x16 = 2 x4 passes)
+        refreshes.append((done, total))
+        original(self, done, total)
+
+    monkeypatch.setattr(upscale_batch.ImageProgress, "__call__", counting)
+    src, dest = write_png(tmp_path / "a.png"), tmp_path / "a_x16.png"
+    job = _Job(LinearSR.from_pretrained(model_dir, device="cpu"), SamplingSettings(steps=2), 16, None, False,
+               0, None)
+    assert _run_batch(job, [(src, None)], {src: dest}, bars=True, lines=False, tag="") == (1, 0, 0)
+    err = capsys.readouterr().err
+    assert f"{src} -> {dest} (256x192," in err  # above the bars, not replaced by them
+    assert refreshes == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert "steps" in err  # the in-image bar was drawn (its line is cleared when the image is done)
+
+
+def test_image_bar_redraws_its_elapsed_time_while_a_step_runs(monkeypatch):
+    import time
+
+    from linearsr.cli import upscale_batch
+
+    monkeypatch.setattr(upscale_batch, "TICK_S", 0.01)
+    bar = upscale_batch.ImageProgress("a.png", enabled=True)
+    drawn = []
+    monkeypatch.setattr(bar.bar, "refresh", lambda *a, **k: drawn.append(1))
+    time.sleep(0.2)  # one long step: no progress call at all
+    bar.close()
+    assert len(drawn) >= 2 and not bar._ticker.is_alive()

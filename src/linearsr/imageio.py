@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -116,6 +117,21 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
             raise _decode_error(filename or "<image>", exc) from None
 
     name = os.fspath(src)
+    with _opened(name, max_pixels) as im:
+        return _from_pil(_decode(im), im.format, name)  # inside: odd modes from odd files become one line too
+
+
+def probe_image(src, *, max_pixels: int | None = _UNSET) -> tuple[int, int]:  # type: ignore[assignment]
+    """(width, height) of an image file from its header, with every check `load_image` makes before
+    decoding (missing, empty, not an image, over `max_pixels`): milliseconds, so a command can refuse bad
+    inputs before it loads a model."""
+    with _opened(os.fspath(src), DEFAULT_MAX_PIXELS if max_pixels is _UNSET else max_pixels) as im:
+        return im.width, im.height
+
+
+@contextlib.contextmanager
+def _opened(name: str, max_pixels: int | None):
+    """The file's header opened and size-checked; any failure here or in the caller's block is an ImageError."""
     path = Path(name)
     try:
         if path.is_dir():
@@ -125,8 +141,7 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
         with _open_header(path) as im:
             # Image.open has read only the header; refuse oversized images before decoding.
             _check_pixels(name, im.width, im.height, max_pixels)
-            # Inside the try: odd modes from odd files must not escape as tracebacks either.
-            return _from_pil(_decode(im), im.format, name)
+            yield im
     except FileNotFoundError:
         raise ImageError(name, "no such file") from None
     except PermissionError:

@@ -2,8 +2,9 @@
 
 Batch behaviour: a bad input (corrupt, truncated, empty, not an image) prints one line naming the file and
 the reason, and the batch goes on; at the end a summary ("3 upscaled, 1 failed") and a non-zero exit if
-anything failed. Outputs are written atomically; an existing output is never replaced without --overwrite
-and the input itself never is. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
+anything failed. Missing and non-image inputs and existing outputs are found before the model loads
+(upscale_batch.py). Outputs are written atomically; an existing output is skipped with a note unless
+--overwrite (a rerun is a no-op that succeeds), and the input itself is never replaced. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
 rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks.
 """
 
@@ -24,6 +25,7 @@ import click
 from ..degradation_kinds import parse_degradation
 from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
 from . import CONTEXT
+from .upscale_batch import ImageProgress, Skipped, check_writable, output_problem, preflight, summary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
@@ -205,8 +207,8 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
                    "CPU, so it pays only over many images.", show_default="off")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "webp", "same"]), default="png",
               help="Output format; same = the input's (png if that cannot be written).")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never the input itself).",
-              show_default="off")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (never the input itself); without it an "
+              "input whose output exists is skipped with a note.", show_default="off")
 @click.option("--save-meta", is_flag=True, help="Write the settings used into the output's PNG text metadata.",
               show_default="off")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=64_000_000, metavar="N",  # imageio.DEFAULT_MAX_PIXELS
@@ -227,17 +229,20 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     suffix = _suffix(scale, long_side, config.scale)
     files, targets = _plan_batch(inputs, output, suffix, fmt, imageio)
     rank, world = _rank_world()
+    preflight(files[rank::world], targets, overwrite=overwrite, max_pixels=max_pixels or None)
     dev = resolve_device(device)
     if world > 1 and dev.type == "cuda":
         dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
-    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
+    work = any(not isinstance(targets[path], Exception) for path, _ in files[rank::world])
+    pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision,
+                                    compile=compile_) if work else None  # only errors and skips: no model needed
     job = _Job(pipe, settings, scale, long_side, overwrite, max_pixels,
                meta=dict(model=str(model)) if save_meta else None)
     tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
-    done, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty, lines=not quiet and not tty,
-                              tag=tag)
+    done, skipped, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty,
+                                       lines=not quiet and not tty, tag=tag)
     if not quiet or failed:
-        click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)
+        click.echo(f"{tag}{summary(done, skipped, failed)}", err=True)
     if failed:
         sys.exit(1)
 
@@ -251,11 +256,9 @@ def _plan_batch(inputs, output, suffix: str, fmt: str, imageio) -> tuple[list, d
     as_folder = out_path is not None and (len(files) > 1 or out_path.is_dir() or output.endswith(("/", os.sep))
                                           or any(root is not None for _, root in files)
                                           or (not out_path.exists() and not out_path.suffix))  # "-o out2"
-    if out_path is not None and as_folder and out_path.is_file():
-        raise click.UsageError(f"-o {output}: several inputs need an output folder, and this is a file")
-    if out_path is not None and as_folder and not out_path.exists() and out_path.suffix.lower() in IMAGE_SUFFIXES:
-        raise click.UsageError(f"-o {output}: {len(files)} inputs need an output folder, and this names an image "
-                               f"file; give a folder (e.g. -o outputs/)")
+    problem = output_problem(output, as_folder, files, IMAGE_SUFFIXES, WRITABLE) if output else None
+    if problem:
+        raise click.UsageError(f"-o {output}: {problem}")
     return files, plan_outputs(files, out_path, as_folder, suffix, fmt, imageio)
 
 
@@ -273,7 +276,7 @@ class _Job:
 
         if dest.exists() and not self.overwrite:
             raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
-        _check_writable(dest, imageio)  # before the model runs, not after
+        check_writable(dest)  # before the model runs, not after
         loaded = imageio.load_image(path, max_pixels=self.max_pixels)
         rgb, alpha = self.pipe.enhance_arrays(loaded.rgb, loaded.alpha, self.settings, scale=self.scale,
                                               long_side=self.long_side, progress=progress)
@@ -287,8 +290,10 @@ class _Job:
         return image
 
 
-def _run_batch(job: _Job, mine: list, targets: dict, *, bars: bool, lines: bool, tag: str) -> tuple[int, int]:
-    """Every file of this rank, one line per failure (the batch goes on); returns (done, failed)."""
+def _run_batch(job: _Job, mine: list, targets: dict, *, bars: bool, lines: bool,
+               tag: str) -> tuple[int, int, int]:
+    """Every file of this rank, one line per failure (the batch goes on) and, unless quiet, one per result and
+    per skip (above the bars on a terminal); returns (done, skipped, failed)."""
     from tqdm import tqdm
 
     from .. import imageio
@@ -296,39 +301,37 @@ def _run_batch(job: _Job, mine: list, targets: dict, *, bars: bool, lines: bool,
     if threading.current_thread() is threading.main_thread():
         # `kill` unwinds like Ctrl-C, so the output being written removes its temp file instead of leaving it
         signal.signal(signal.SIGTERM, _terminate)
-    done, failed = 0, 0
+    done, skipped, failed = 0, 0, 0
     file_bar = tqdm(total=len(mine), unit="img", disable=not bars, file=sys.stderr, dynamic_ncols=True)
+    say = (lambda s: file_bar.write(s, file=sys.stderr)) if bars else (lambda s: click.echo(s, err=True))
     with warnings.catch_warnings():
-        warnings.showwarning = lambda msg, *a, **k: click.echo(f"linearsr: warning: {msg}", err=True)
+        warnings.showwarning = lambda msg, *a, **k: say(f"linearsr: warning: {msg}")
         for path, _root in mine:
             start = time.perf_counter()
-            step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
-                            desc=path.name, dynamic_ncols=True)
-
-            def progress(n: int, total: int, bar=step_bar) -> None:
-                bar.total = total
-                bar.update(n - bar.n)
-
+            progress = ImageProgress(path.name, enabled=bars)
             try:
                 dest = targets[path]
                 if isinstance(dest, Exception):
                     raise dest
                 image = job.run(path, dest, progress, imageio)
+            except Skipped as note:
+                skipped += 1
+                if bars or lines:
+                    say(f"{tag}{note}")
             except (imageio.ImageError, ValueError, RuntimeError, OSError, MemoryError) as e:
                 failed += 1
                 reason = " ".join(str(e).split()) or type(e).__name__
-                line = reason if isinstance(e, imageio.ImageError) else f"{path}: {reason}"
-                (file_bar.write if bars else lambda s: click.echo(s, err=True))(f"{tag}{line}")
+                say(f"{tag}{reason if isinstance(e, imageio.ImageError) else f'{path}: {reason}'}")
             else:
                 done += 1
-                if lines:
+                if bars or lines:
                     w, h = image.size
-                    click.echo(f"{tag}{path} -> {dest} ({w}x{h}, {time.perf_counter() - start:.1f} s)", err=True)
+                    say(f"{tag}{path} -> {dest} ({w}x{h}, {time.perf_counter() - start:.1f} s)")
             finally:
-                step_bar.close()
+                progress.close()
             file_bar.update(1)
     file_bar.close()
-    return done, failed
+    return done, skipped, failed
 
 
 def _terminate(signum, frame):
@@ -365,15 +368,6 @@ def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imagei
             targets[path] = renamed if not taken else imageio.ImageError(
                 str(path), f"its output {dest.name} is shared with {', '.join(str(p) for p in clash if p != path)}")
     return targets
-
-
-def _check_writable(dest: Path, imageio) -> None:
-    """Refuse an output whose folder cannot be written, before spending model time on it."""
-    folder = dest.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise imageio.ImageError(str(dest), f"cannot write: {folder} is not writable")
 
 
 def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str,
