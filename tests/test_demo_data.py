@@ -176,14 +176,18 @@ def test_partial_or_damaged_run_is_completed(tmp_path, fake_apt):
 
 
 @needs_dpkg
-def test_train_only_and_no_skimage(tmp_path, fake_apt, monkeypatch):
+def test_train_only_and_no_skimage(tmp_path, fake_apt, monkeypatch, capsys):
     monkeypatch.setattr(dd, "_skimage_data_dir", lambda: None)
     got = dd.fetch_demo(tmp_path, eval_too=False, progress=False)
     assert {v["split"] for v in got["files"].values()} == {"train"}
     assert "opencv-doc" not in fake_apt
+    capsys.readouterr()
     got = dd.fetch_demo(tmp_path, progress=False)  # eval added, skimage absent
     assert any(k.startswith("eval/opencv-doc/") for k in got["files"])
     assert not any(k.startswith("eval/skimage/") for k in got["files"])
+    # the smaller data set is said even without progress output: it differs from a [dev] install's
+    said = [line for line in capsys.readouterr().err.splitlines() if "scikit-image is not installed" in line]
+    assert len(said) == 1 and "left out of the eval split" in said[0]
 
 
 # ------------------------------------------------------------ errors

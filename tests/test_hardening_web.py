@@ -3,6 +3,7 @@ controls are built from, a job stops when its client cancels or its time runs ou
 pile up on disk. Uses gradio_client over real HTTP on 127.0.0.1 (skipped without the `web` extra)."""
 
 import importlib.util
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,17 @@ def test_limits_are_the_page_controls(tmp_path):
     for name in names:
         lo, hi, step = getattr(LIMITS, name)
         assert (sliders[name].minimum, sliders[name].maximum, sliders[name].step) == (lo, hi, step)
+
+
+def test_page_says_when_tags_would_be_ignored(tmp_path, monkeypatch):
+    """Without the tags extra the Tags box itself carries the note (not only a result's settings JSON)."""
+    pytest.importorskip("gradio")
+    from linearsr.inference.web import build_app
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    demo = build_app(LinearSR(LinearSRModel(tiny_config()), tag_encoder="auto"), workdir=tmp_path / "w")
+    box = next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "tags")
+    assert 'pip install "linearsr[tags]"' in box.info and "ignored" in box.info
 
 
 def test_job_stops_between_steps_and_oversized_results_are_refused(tmp_path, tiny_model):

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import random
 import socket
+import subprocess
 import sys
 import warnings
 import zlib
@@ -18,6 +19,7 @@ from conftest import randomize, tiny_config
 from linearsr import tags as T
 from linearsr.cli import main
 from linearsr.flow.sample import super_resolve
+from linearsr.inference.pipeline import LinearSR
 from linearsr.model.network import LinearSRModel
 
 DEMO_TABLE = Path(T.__file__).parent / "data" / "demo_tags.json"
@@ -156,6 +158,21 @@ def test_missing_package_gives_none_and_one_warning(monkeypatch):
         assert T.load_tag_encoder("minilm") is None
     messages = [str(w.message) for w in caught if "tags ignored" in str(w.message)]
     assert len(messages) == 1 and "linearsr[tags]" in messages[0]
+
+
+def test_missing_package_is_named_before_loading_and_the_api_warning_is_one_line(monkeypatch, tiny_model):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert 'pip install "linearsr[tags]"' in T.missing_tag_packages()
+    assert "tags are ignored" in LinearSR(tiny_model, tag_encoder="auto").tags_unusable()
+    assert "tag width (12)" in LinearSR(LinearSRModel(tiny_config(cond_dim=12)), tag_encoder="auto").tags_unusable()
+    assert LinearSR(tiny_model, tag_encoder=lambda tags: (None, None)).tags_unusable() is None
+    # a script using the API sees one plain line on stderr, not Python's file:line: UserWarning + source line
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "from linearsr.tags import load_tag_encoder\nload_tag_encoder()\nload_tag_encoder()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith('linearsr: warning: tags ignored: tags need the tags extra, pip install "linearsr[tags]"')
 
 
 def test_unknown_encoder_path_is_an_error(tmp_path):

@@ -27,6 +27,8 @@ import warnings
 
 import torch
 
+from .runtime import LinearSRWarning
+
 CHOICES = ("auto", "fp32", "bf16", "fp16")
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flag names (Linux)
@@ -90,7 +92,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 is for GPUs; on a CPU use bf16 (fast with AMX/AVX-512 BF16) or fp32")
     if precision == "bf16" and device.type == "cpu" and not _this_cpu_has_fast_bf16():
-        warnings.warn(SLOW_BF16, UserWarning, stacklevel=2)  # allowed (it is correct), but almost never wanted
+        warnings.warn(SLOW_BF16, LinearSRWarning, stacklevel=2)  # allowed (it is correct), but almost never wanted
     return precision
 
 

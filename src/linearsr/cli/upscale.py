@@ -4,8 +4,9 @@ Batch behaviour: a bad input (corrupt, truncated, empty, not an image) prints on
 the reason, and the batch goes on; at the end a summary ("3 upscaled, 1 failed") and a non-zero exit if
 anything failed. Missing and non-image inputs and existing outputs are found before the model loads
 (upscale_batch.py). Outputs are written atomically; an existing output is skipped with a note unless
---overwrite (a rerun is a no-op that succeeds), and the input itself is never replaced. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
-rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks.
+--overwrite (a rerun is a no-op that succeeds), and the input itself is never replaced. Under torchrun
+(WORLD_SIZE > 1) the sorted file list is sharded, file i to rank i % WORLD_SIZE, so every file is done
+exactly once with no communication between ranks.
 """
 
 from __future__ import annotations

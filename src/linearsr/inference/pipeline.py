@@ -38,7 +38,7 @@ from ..flow.sample import super_resolve
 from ..model.network import LinearSRModel
 from ..precision import AMP_DTYPES, resolve_precision
 from ..settings import SamplingSettings, settings_from
-from ..tags import TAG_DIM, load_tag_encoder
+from ..tags import TAG_DIM, load_tag_encoder, missing_tag_packages
 from . import image_kinds
 from .colorfix import apply_color_fix
 from .memory import estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
@@ -193,7 +193,7 @@ class LinearSR:
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, runtime.LinearSRWarning, stacklevel=3)
 
     # ---- public API ---------------------------------------------------------------------------------
     def enhance(self, image, settings: SamplingSettings | None = None, *, scale: float | None = None,
@@ -344,6 +344,19 @@ class LinearSR:
         if context.shape[-1] != cfg.cond_dim:
             raise ValueError(f"the tag encoder gives {context.shape[-1]}-d tokens; this model expects {cfg.cond_dim}")
         return context.float().cpu(), None if mask is None else mask.bool().cpu()
+
+    def tags_unusable(self) -> str | None:
+        """Why tags given to this pipeline would be ignored (one line), or None when they can be used; checks
+        the model and the installed packages without loading the encoder."""
+        if self.tag_encoder is None:
+            return "this pipeline has no tag encoder; tags are ignored"
+        if not (isinstance(self.tag_encoder, str) and self.tag_encoder == "auto"):
+            return None  # a ready encoder (or an earlier auto-load that worked)
+        if self.model.config.cond_dim != TAG_DIM:
+            return (f"this model's tag width ({self.model.config.cond_dim}) does not fit the tag encoder; "
+                    "tags are ignored")
+        missing = missing_tag_packages()
+        return f"tags are ignored: {missing}" if missing else None
 
     def _auto_tag_encoder(self):
         """The default encoder, or None (with the reason in a warning) when it cannot serve this model."""

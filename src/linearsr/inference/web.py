@@ -167,10 +167,11 @@ def _input_controls(gr, server: _Server) -> dict:
                                label="Steps", elem_id="steps")
         c["guidance"] = gr.Slider(*limits.guidance[:2], value=start.guidance, step=limits.guidance[2],
                                   label="Guidance (1 = off; needs tags)", elem_id="guidance")
+    unusable = server.pipe.tags_unusable()  # said on the page, not only in a result's settings
     c["tags"] = gr.Textbox(label="Tags", placeholder="cat, grass, wooden fence", elem_id="tags",
                            max_length=limits.tags_chars,
-                           info="comma-separated objects in the picture" +
-                                ("; suggested by the tagger on upload" if tagger else ""))
+                           info=(f"⚠ {unusable}" if unusable else "comma-separated objects in the picture" +
+                                 ("; suggested by the tagger on upload" if tagger else "")))
     with gr.Row():
         c["seed"] = gr.Number(value=0, precision=0, label="Seed", elem_id="seed", minimum=limits.seed[0],
                               maximum=limits.seed[1])
