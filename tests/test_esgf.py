@@ -9,6 +9,7 @@ from linearsr.cli import main
 from linearsr.train.config import TrainConfig
 from linearsr.train.esgf import initial_weights, update_knee
 from linearsr.train.loop import TrainingStopped, train
+from linearsr.train.run_dir import RunDir
 from linearsr.train.state import read_metrics
 from test_train import write_config
 
@@ -49,7 +50,22 @@ def test_update_knee_writes_knee_and_asks_to_stop(tmp_path):
 def test_still_rising_run_has_no_knee_and_no_stop(tmp_path):
     run = fake_run(tmp_path, 20 + np.log1p(np.arange(30)))
     result = update_knee(run)
-    assert not result["found"] and not result["stop"] and not (run / "knee.json").exists()
+    assert not result["found"] and not result["stop"]
+    verdict = json.loads((run / "knee.json").read_text())  # "no knee yet" is written too, as the README says
+    assert verdict["found"] is False and verdict["step"] is None and verdict["phase"] == result["phase"]
+    assert RunDir(run).knee_step() is None
+    with pytest.raises(ValueError, match="no knee yet"):
+        initial_weights(run, 1)
+
+
+def test_a_short_run_gets_its_verdict_and_a_found_knee_is_never_replaced_by_none(tmp_path):
+    run = fake_run(tmp_path, np.linspace(20, 21, 3))  # three validations: too short to judge
+    res = CliRunner().invoke(main, ["knee", str(run)])
+    assert res.exit_code == 0 and "no knee yet (too_short)" in res.output and "knee.json" in res.output
+    assert json.loads((run / "knee.json").read_text())["phase"] == "too_short"
+    (run / "knee.json").write_text(json.dumps({"found": True, "step": 200}))
+    res = CliRunner().invoke(main, ["knee", str(run)])
+    assert "keeps the earlier knee" in res.output and RunDir(run).knee_step() == 200
 
 
 def test_knee_command_prints_and_plots(tmp_path):
@@ -61,7 +77,7 @@ def test_knee_command_prints_and_plots(tmp_path):
 
 def test_later_stages_start_from_the_knee_only(tmp_path):
     run = fake_run(tmp_path, np.linspace(20, 23, 12))
-    with pytest.raises(ValueError, match="no knee.json yet"):
+    with pytest.raises(ValueError, match="no knee yet"):
         initial_weights(run, 1)
     with pytest.warns(UserWarning, match="not a knee checkpoint"):
         source, _ = initial_weights(run, 1, allow_any=True)

@@ -37,7 +37,7 @@ def one_line_error(args):
 
 
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "seconds")} for r in rows]  # wall times
 
 
 # ---- resume: metrics.jsonl ------------------------------------------------------------------------------

@@ -34,6 +34,18 @@ def test_explicit_beats_preset_beats_defaults():
     assert (realism.sampler, realism.seed, realism.tags, realism.tile) == ("euler", 0, (), "auto")
 
 
+def test_default_is_another_name_for_fidelity_accepted_not_offered():
+    assert PRESETS["fidelity"] == DEFAULTS and "default" not in PRESETS and "default" not in KNOBS["preset"].choices
+    assert SamplingSettings(preset="default") == SamplingSettings(preset="fidelity")
+    assert param_type_converts("default") == "fidelity"
+    assert "default" not in " ".join(CliRunner().invoke(main, ["upscale", "--help"]).output.split()).split(
+        "--preset")[1].split("--steps")[0].replace("[default:", "")
+
+
+def param_type_converts(value):
+    return next(p for p in upscale.params if p.name == "preset").type.convert(value, None, None)
+
+
 def test_override_re_resolves_a_changed_preset_and_keeps_the_rest():
     s = SamplingSettings(steps=5, seed=7)
     assert s.override() is s and s.override(steps=None) is s  # None = keep
@@ -112,7 +124,7 @@ def test_cli_choices_ranges_and_shown_defaults_come_from_the_knobs():
             assert tuple(param.type.choices) == knob.choices
         if isinstance(param.type, (click.IntRange, click.FloatRange)):
             assert (param.type.min, param.type.max) == (knob.lo, knob.hi)
-    assert tuple(params["preset"].type.choices) == tuple(PRESETS)
+    assert tuple(params["preset"].type.choices) == tuple(PRESETS)  # "default" is not offered as a second name
     assert tuple(params["sampler"].type.choices) == SAMPLERS
     assert tuple(params["color_fix"].type.choices) == COLOR_FIXES
     text = " ".join(CliRunner().invoke(main, ["upscale", "--help"]).output.split())
@@ -142,9 +154,9 @@ def test_web_limits_are_the_knobs_page_ranges():
         knob = KNOBS[name]
         assert getattr(LIMITS, name) == knob.page
         assert knob.lo <= knob.page[0] <= knob.page[1] <= knob.hi  # the page offers a part of the range
-    assert LIMITS.seed == KNOBS["seed"].page[:2] and PRESET_CHOICES == ["default", *PRESETS]
+    assert LIMITS.seed == KNOBS["seed"].page[:2] and PRESET_CHOICES == list(PRESETS)  # each preset once
     good = dict(scale=2.0, preset="default", steps=2, guidance=1.0, tags="", seed=0, color_fix="none")
-    assert check_request(**good, strength=0.25)["strength"] == 0.25
+    assert check_request(**good, strength=0.25)["preset"] == "fidelity"  # the old name, still accepted
     with pytest.raises(ValueError, match="strength must be a number from 0.0 to 1.0"):
         check_request(**good, strength=3)
 

@@ -70,6 +70,11 @@ def test_dry_run_prints_resolved_config_with_overrides(tmp_path):
     assert res.exit_code == 2 and "optim.lr must be a number" in res.output
     res = CliRunner().invoke(main, ["train", str(cfg), "experts.routing=random", "--dry-run"])
     assert res.exit_code == 2 and "experts.routing must be batch or sample" in res.output
+    # one name per thing: realistic_prob is shown for the "mixed" degradation only, never beside a weighted mix
+    res = CliRunner().invoke(main, ["train", str(cfg), "data.degradation=bicubic:0.4,realistic:0.6", "--dry-run"])
+    assert res.exit_code == 0 and "realistic:0.6" in res.output and "realistic_prob" not in res.output
+    res = CliRunner().invoke(main, ["train", str(cfg), "data.degradation=mixed", "--dry-run"])
+    assert res.exit_code == 0 and "realistic_prob: 0.5" in res.output
 
 
 def test_run_writes_metrics_snapshots_curves(tmp_path):

@@ -127,7 +127,13 @@ def test_page_upscales_an_image_in_headless_chromium(tmp_path, model_dir, browse
                  tagger=lambda image: ["Tiny", f"{image.width} px wide"])
     try:
         base = demo.local_url
+        browser.set_window_size(1400, 1000)
         browser.get(base)
+        wait_for(browser, "document.querySelector('#run')", "the Upscale button")
+        # above the fold of a 1400x1000 window, without scrolling
+        assert browser.execute_script("return document.querySelector('#run').getBoundingClientRect().bottom "
+                                      "<= window.innerHeight")
+        browser.set_window_size(1400, 1300)
         upload(browser, small)
         tags = wait_for(browser, "document.querySelector('#tags textarea').value", "the tagger's tags")
         assert sorted(tags.split(", ")) == ["24 px wide", "tiny"]  # normalised by parse_tags
@@ -216,3 +222,30 @@ def test_serve_listens_on_loopback_only_by_default(model_dir):
     finally:
         demo.close()
     shutil.rmtree(demo.linearsr_workdir, ignore_errors=True)
+
+
+@needs_gradio
+@pytest.mark.slow  # starting gradio in a child process takes 10-40 s on a busy 2-core machine
+def test_sigterm_stops_serve_with_one_line_and_exit_status_0(model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "linearsr.cli", "serve", "--model", str(model_dir), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not can_connect("127.0.0.1", port) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert can_connect("127.0.0.1", port), proc.stdout.read() if proc.poll() is not None else "not up"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)  # a hang fails here; it took 10 s before the fix, ~0.5 s after
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert out.splitlines() == [f"LinearSR page on http://localhost:{port} (Ctrl-C to stop)",
+                                "linearsr: SIGTERM: stopping the page"], out
+    assert not list(tmp_path.glob("linearsr-serve-*"))  # its temporary folder is gone

@@ -51,6 +51,8 @@ PRESETS: dict[str, dict] = {
     "realism": dict(steps=2, guidance=2.0, eta=0.0, color_fix="none", strength=0.5),
 }
 PRESET_NOTES = {"fidelity": "close to the input, fastest", "realism": "sharper, more generated detail"}
+# "default" named the same settings as fidelity (DEFAULTS): accepted for old scripts, never offered twice
+PRESET_ALIASES = {"default": "fidelity"}
 DEFAULTS: dict = dict(PRESETS["fidelity"])
 PRESET_KNOBS = tuple(DEFAULTS)
 
@@ -130,6 +132,11 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def preset_name(value):
+    """A preset's one name: aliases ("default") become the preset they stand for; anything else unchanged."""
+    return PRESET_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
 def _check(name: str, value):
     """One knob's value validated and normalised (tags to a tuple, a degradation text to a dict)."""
     knob = KNOBS[name]
@@ -142,7 +149,7 @@ def _check(name: str, value):
     if name == "degradation":
         return _check_degradation(value)
     if name == "preset":
-        return None if value is None else check_choice(name, value, knob.choices)
+        return None if value is None else check_choice(name, preset_name(value), knob.choices)
     if knob.lo is None:
         return check_choice(name, value, knob.choices)
     if value is None:  # only knobs whose default is None get here (None = automatic)

@@ -43,7 +43,7 @@ def _pick_snapshot(run, pick: str) -> Path:
     if pick == "knee":
         step = run.knee_step()
         if step is None:
-            raise click.ClickException(f"{run}: no knee.json; run `linearsr knee {run}` or use --pick best|last")
+            raise click.ClickException(f"{run}: no knee yet; run `linearsr knee {run}` or use --pick best|last")
     elif pick == "best":
         vals = [r for r in read_metrics(run, "val") if r["step"] in snaps]
         step = max(vals, key=lambda r: r["psnr"])["step"]

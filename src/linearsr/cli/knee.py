@@ -30,7 +30,8 @@ def knee(run_dir: Path, metrics: tuple[str, ...]) -> None:
                    f"{result['reason']}")
         click.echo(f"wrote {run.knee} and {run.knee_plot}")
     else:
-        click.echo(f"no knee yet ({result['phase']}): {result['reason']}; wrote {run.knee_plot}")
+        kept = " (it keeps the earlier knee)" if run.knee_step() is not None else ""
+        click.echo(f"no knee yet ({result['phase']}): {result['reason']}; wrote {run.knee}{kept} and {run.knee_plot}")
 
 
 COMMANDS = [knee]

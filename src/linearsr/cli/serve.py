@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import click
 
@@ -57,6 +59,11 @@ def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pix
     run_server(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb or None,
                max_pixels=max_pixels or None, tagger=tagger,
                limits=dataclasses.replace(LIMITS, job_seconds=max_job_seconds))
+    # Stopped cleanly (Ctrl-C or `kill`): jobs ended, server closed, temporary folder removed. What is left
+    # is the interpreter tearing down torch and gradio, 2-10 s on a busy CPU, which made `kill` look hung.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 COMMANDS = [serve]

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from ..degradation_kinds import parse_degradation
-from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
+from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings, preset_name
 from . import CONTEXT
 from .upscale_batch import ImageProgress, Skipped, check_writable, output_problem, preflight, summary
 
@@ -49,6 +49,13 @@ class _AutoOrInt(click.ParamType):
         if number < self.minimum:
             self.fail(f"{number} is below the minimum of {self.minimum} pixels", param, ctx)
         return number
+
+
+class _Preset(click.Choice):
+    """The presets by their names; an alias ("default" = fidelity) is accepted but not listed."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(preset_name(value), param, ctx)
 
 
 class _Degradation(click.ParamType):
@@ -85,7 +92,7 @@ def _knob_type(name: str) -> click.ParamType:
     if knob.choices and knob.lo is not None:
         return _AutoOrInt(knob.choices, int(knob.lo))
     if knob.choices:
-        return click.Choice(knob.choices)
+        return _Preset(knob.choices) if name == "preset" else click.Choice(knob.choices)
     if knob.lo is None:
         return click.STRING
     bounds = (int(knob.lo), None if knob.hi is None else int(knob.hi)) if knob.whole else (knob.lo, knob.hi)

@@ -23,12 +23,13 @@ import numpy as np
 from PIL import Image
 
 from .. import imageio, imagesave
-from ..settings import COLOR_FIXES, KNOBS, PRESETS, SamplingSettings, check_choice, check_number, settings_from
+from ..settings import (COLOR_FIXES, KNOBS, PRESETS, SamplingSettings, check_choice, check_number, preset_name,
+                        settings_from)
 from .pipeline import output_size
 
 MB = 2**20
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole linearsr package
-PRESET_CHOICES = ["default", *PRESETS]  # "default" = no preset: the settings' DEFAULTS
+PRESET_CHOICES = list(PRESETS)  # offered on the page; the API also takes the alias "default" (= fidelity)
 KEEP_RESULTS = 4  # finished jobs whose files stay on disk (the page shows the latest; older ones are pruned)
 
 
@@ -116,7 +117,7 @@ def check_request(*, scale, preset, steps, guidance, tags, seed, color_fix, stre
                   limits: Limits = LIMITS) -> dict:
     """Every setting of one /upscale request checked against `limits` (raw JSON values: the API skips the
     page's controls). Returns them normalised; raises ValueError naming the first bad one."""
-    check_choice("preset", preset, PRESET_CHOICES)
+    preset = check_choice("preset", preset_name(preset), PRESET_CHOICES)
     check_choice("color_fix", color_fix, COLOR_FIXES)
     if tags is not None and not isinstance(tags, str):
         raise ValueError(f"tags must be text, got {type(tags).__name__}")
@@ -150,12 +151,12 @@ def run_upscale(pipe, image, out_dir, settings: SamplingSettings | None = None, 
     counterpart as PNGs in a new folder under `out_dir`. Raises `imageio.ImageError` (one line, naming
     `name`) for refused or unreadable uploads and ValueError for bad settings. `settings` and the keyword
     `overrides` (preset, steps, guidance, tags, seed, colour fix, strength...) are as for `LinearSR.enhance`;
-    the preset "default" means none. `progress(done, total)` is called after every sampling step.
+    the preset "default" is fidelity's other name. `progress(done, total)` is called after every sampling step.
     `should_stop()` is asked before the work and after every step; a reason (text) ends the job with
     `JobStopped`. `max_output_pixels` refuses results larger than that before any work."""
     path = Path(image)
     name = name or path.name
-    if overrides.get("preset") in ("", "default", "none"):
+    if overrides.get("preset") in ("", "none"):
         overrides["preset"] = None
     settings = settings_from(settings, **overrides)  # bad settings fail here, before the upload is decoded
     loaded = load_upload(path, name, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
@@ -209,7 +210,7 @@ def _settings_used(pipe, s: SamplingSettings, name: str, loaded: imageio.LoadedI
     run = pipe.last_run
     return dict(
         model=model_label, input=dict(name=name, size=[w, h]), output=dict(size=list(result.size)),
-        scale=scale if scale is not None else pipe.model.config.scale, preset=s.preset or "default",
+        scale=scale if scale is not None else pipe.model.config.scale, preset=s.preset or "none",
         steps=s.steps, guidance=s.guidance, eta=s.eta, color_fix=s.color_fix, sampler=s.sampler,
         strength=s.strength, tags=list(s.tags), seed=s.seed, passes=run.get("passes"),
         seconds=round(float(run.get("seconds", 0.0)), 2), device=str(pipe.device), precision=pipe.precision)

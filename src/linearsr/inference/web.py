@@ -157,10 +157,12 @@ def _input_controls(gr, server: _Server) -> dict:
     limits, start, tagger = server.limits, SamplingSettings(), server.tagger
     c = {"image": gr.Image(label="Input image", type="filepath", image_mode=None,
                            sources=["upload", "clipboard"], height=300, elem_id="input-image")}
+    # right under the image: below the settings it was under the fold of a 1400x1000 window
+    c["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
     with gr.Row():
         c["scale"] = gr.Slider(*limits.scale[:2], value=server.pipe.model.config.scale, step=limits.scale[2],
                                label="Scale", elem_id="scale")
-        c["preset"] = gr.Radio(PRESET_CHOICES, value="default", label="Preset", elem_id="preset",
+        c["preset"] = gr.Radio(PRESET_CHOICES, value=PRESET_CHOICES[0], label="Preset", elem_id="preset",
                                info="fidelity: close to the input; realism: more detail")
     with gr.Row():
         c["steps"] = gr.Slider(*limits.steps[:2], value=start.steps, step=limits.steps[2],
@@ -181,7 +183,6 @@ def _input_controls(gr, server: _Server) -> dict:
     c["strength"] = gr.Slider(*limits.strength[:2], value=start.strength, step=limits.strength[2],
                               label="Strength (0 = the restoration prior alone)", elem_id="strength",
                               visible=server.pipe.model.base is not None)
-    c["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
     return c
 
 
@@ -201,7 +202,7 @@ def _wire(gr, demo, server: _Server, c: dict, outputs: list) -> None:
     with limit 1: one job at a time, the rest wait in the queue."""
     # in the browser, no round trip: the controls hold the preset's values before any click can follow
     table = {p: [v.steps, v.guidance, v.color_fix]
-             for p in PRESET_CHOICES for v in [SamplingSettings(preset=None if p == "default" else p)]}
+             for p in PRESET_CHOICES for v in [SamplingSettings(preset=p)]}
     c["preset"].change(None, c["preset"], [c["steps"], c["guidance"], c["color_fix"]],
                        js=f"(p) => ({json.dumps(table)})[p]")
     c["run"].click(_run_handler(gr, demo, server), [c[k] for k in REQUEST_ORDER], outputs, preprocess=False,
@@ -315,8 +316,28 @@ class _ClientWatch:
         return self.seen  # seen running before, no longer among the active jobs: cancelled
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _StopSignals:
+    """Ctrl-C and SIGTERM, caught from just before the port opens (a `kill` right after the start is not
+    lost) until `restore`. Our own wait, not Gradio's: Gradio's prints "Keyboard interruption in main
+    thread" and a `kill` took 10 s to end the server."""
+
+    def __init__(self) -> None:
+        self.event, self.name = threading.Event(), "SIGINT"
+        self.previous = {s: signal.signal(s, self._caught) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _caught(self, signum, frame) -> None:
+        self.name = signal.Signals(signum).name
+        self.event.set()
+
+    def wait(self) -> str:
+        """Block until a signal came; its name."""
+        while not self.event.wait(0.5):
+            pass
+        return self.name
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
@@ -332,30 +353,38 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing of ours is fetched from the Hub while serving
     workdir = Path(tempfile.mkdtemp(prefix="linearsr-serve-"))
     atexit.register(shutil.rmtree, workdir, True)
-    demo = None
+    demo = signals = None
     try:
         demo = build_app(model, max_upload_mb=max_upload_mb, max_pixels=max_pixels, tagger=tagger, device=device,
                          workdir=workdir, limits=limits)
         # quiet=True always: Gradio's banner tells people to "set share=True", a tunnel this app never opens;
         # the one line below says what matters instead.
+        own_wait = block and threading.current_thread() is threading.main_thread()  # signals need the main thread
         wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=True,
-                      prevent_thread_lock=not block, max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
+                      prevent_thread_lock=own_wait or not block,
+                      max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
                       ssr_mode=False, mcp_server=False, pwa=False, show_error=True)
         accepted = inspect.signature(demo.launch).parameters
-        if block and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C, temp folder removed
         if not quiet:
             shown = "localhost" if host in ("127.0.0.1", "::1") else host
             print(f"LinearSR page on http://{shown}:{int(port)} (Ctrl-C to stop)", flush=True)
+        signals = _StopSignals() if own_wait else None
         demo.launch(**{k: v for k, v in wanted.items() if k in accepted})
+        if signals is not None:
+            why = signals.wait()  # Ctrl-C or `kill`: one line, then the same clean stop
+            if not quiet:
+                print(f"linearsr: {why}: stopping the page", flush=True)
     except BaseException:
         if demo is not None:
             _stop_jobs(demo)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    finally:
+        if signals is not None:
+            signals.restore()
     if block:
         _stop_jobs(demo)
-        demo.close()
+        demo.close(**({"verbose": False} if "verbose" in inspect.signature(demo.close).parameters else {}))
         shutil.rmtree(workdir, ignore_errors=True)
     return demo
 

@@ -44,6 +44,7 @@ class TimeConfig:
 @dataclass
 class ValidationConfig:
     every: int = 250
+    every_minutes: float = 0.0  # also validate when this many minutes passed since the last one (0 = by steps only)
     steps: int = 1  # sampling steps used for validation metrics (1 = the fidelity preset)
     seed: int = 0
     use_tags: bool = False  # condition validation samples on their tags (the TAG ablation); else null tokens
@@ -142,9 +143,14 @@ class TrainConfig:
         return cfg
 
     def to_yaml(self) -> str:
+        """The resolved config, showing only settings in effect: `data.realistic_prob` belongs to the "mixed"
+        degradation alone (a weighted list like "bicubic:0.4,realistic:0.25" sets its own shares)."""
         import yaml
 
-        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+        plain = _plain(self.to_dict())
+        if self.data.degradation != "mixed":
+            plain["data"].pop("realistic_prob", None)
+        return yaml.safe_dump(plain, sort_keys=False)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
@@ -226,7 +232,7 @@ RANGES: dict[str, tuple | set] = {
     "optim.lr": (0, None, "positive"), "optim.weight_decay": (0, None), "optim.warmup_steps": (0, None),
     "optim.schedule": {"cosine", "constant"}, "optim.min_lr_ratio": (0, 1), "optim.grad_clip": (0, None, "positive"),
     "optim.ema_decay": (0, 1), "optim.batch_size": (1, None),
-    "validation.every": (1, None), "validation.steps": (1, None),
+    "validation.every": (1, None), "validation.steps": (1, None), "validation.every_minutes": (0, None),
     "checkpoint.every": (1, None), "checkpoint.keep_last": (0, None), "checkpoint.keep_every": (0, None),
     "guard.max_bad_steps": (1, None), "guard.lr_factor": (0, 1, "positive"), "guard.max_rollbacks": (0, None),
     "guard.spike_factor": (1, None), "guard.spike_window": (1, None), "guard.baseline_beta": (0, 1),

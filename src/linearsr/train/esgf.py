@@ -43,7 +43,9 @@ def knee_curves(run_dir: RunDir | Path, metrics: dict[str, bool] | None = None) 
 
 def update_knee(run_dir: str | Path | RunDir, min_confidence: float = 0.6, config: KneeConfig | None = None,
                 plot: bool = False, metrics: dict[str, bool] | None = None) -> dict | None:
-    """Detect the knee of a run; write knee.json when one is found. Returns the result as a dict with an
+    """Detect the knee of a run and write the verdict to knee.json: the knee when one is found, else "no knee
+    yet" (found false, step null, with the phase and reason), which never replaces a knee found earlier.
+    Returns the result as a dict with an
     extra "stop" flag (oscillation/decline confirmed with enough confidence), or None with no curves.
     `metrics`: {name: higher_is_better} to read, default KNEE_METRICS."""
     run = RunDir.of(run_dir)
@@ -58,6 +60,8 @@ def update_knee(run_dir: str | Path | RunDir, min_confidence: float = 0.6, confi
         snaps = run.snapshot_steps()
         out["snapshot"] = str(snaps[result.step]) if result.step in snaps else None
         run.write_json(run.knee, out)
+    elif run.knee_step() is None:
+        run.write_json(run.knee, out)
     if plot:
         plot_knee(curves, result, run.knee_plot)
     return out
@@ -67,7 +71,7 @@ def knee_snapshot(run_dir: RunDir | Path) -> Path:
     run = RunDir.of(run_dir)
     step = run.knee_step()
     if step is None:
-        raise ValueError(f"{run}: no knee.json yet; run `linearsr knee {run}` (or pass --init-from-any "
+        raise ValueError(f"{run}: no knee yet; run `linearsr knee {run}` (or pass --init-from-any "
                          f"to start from its last snapshot, which ESGF warns against)")
     folder = run.snapshot(step)
     if not (folder / WEIGHTS_NAME).is_file():
@@ -83,7 +87,7 @@ def initial_weights(path: str | Path, num_experts: int, allow_any: bool = False)
     refuse_pickle(path)
     run = RunDir(path)
     if run.is_run():
-        if run.knee.is_file():
+        if run.knee_step() is not None:
             source = knee_snapshot(run)
         elif allow_any:
             snaps = run.snapshot_steps()

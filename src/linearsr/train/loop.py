@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..datasets.photos import TrainStream, build_data, fixed_validation_set, seed_for
 from ..flow.experts import expert_intervals, expert_time_samplers
@@ -34,10 +33,12 @@ from ..flow.loss import FlowMatchingLoss
 from ..model.network import LinearSRModel
 from ..precision import resolve_precision
 from ..tags import TagTable, batch_context, load_tag_encoder
+from .clock import RunClock
 from .config import TrainConfig
 from .distributed import Dist, setup_distributed
 from .esgf import initial_weights, update_knee
 from .hooks import DivergenceGuard, LoopState, TrainHooks, TrainingStopped
+from .progress import train_progress
 from .run_dir import RunDir
 from .state import (EMA, MetricsLog, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
                     read_metrics, save_train_state, truncate_metrics)
@@ -305,8 +306,9 @@ class Trainer:
         scores, stop = None, False
         if dd.main:
             self.ema.copy_to(self.eval_model)
+            start = time.monotonic()
             scores = validate(self.eval_model, self.data.val_set, cfg, dd.device, self.data.table, self.data.encoder)
-            self.log.write("val", step=step, **scores)
+            self.log.write("val", step=step, **scores, seconds=round(time.monotonic() - start, 2))
             self.eval_model.config.provenance = {**self.model.config.provenance, "step": step,
                                                  "samples_seen": step * cfg.optim.batch_size * dd.world}
             self.eval_model.save_pretrained(self.run_dir.snapshot(step), overwrite=True)
@@ -335,30 +337,34 @@ class Trainer:
                              extra={"lr": self.state.lr, "metrics_lines": metrics_line_count(self.run_dir)})
         self.dd.barrier()
 
-    def out_of_time(self, started: float) -> bool:
+    def out_of_time(self, clock: RunClock) -> bool:
         """`max_minutes` spent on any rank (then on all of them, so every rank ends at the same step)."""
-        if self.cfg.max_minutes <= 0:
-            return False
-        over = time.time() - started > 60 * self.cfg.max_minutes
-        return not self.dd.all_true(not over)
+        return self.cfg.max_minutes > 0 and not self.dd.all_true(not clock.out_of_time())
+
+    def validation_due(self, clock: RunClock, final: bool) -> bool:
+        """By steps, by minutes (agreed among the ranks) or at the end, unless it just validated (clock.py)."""
+        minutes = self.cfg.validation.every_minutes > 0 and not self.dd.all_true(not clock.minutes_due())
+        return clock.validation_due(self.state.step, final, minutes)
 
     # ---- the loop ----
     def run(self, progress: bool = True) -> dict:
         """Train to `steps` (or an early stop, or the time budget); returns a summary dict."""
         cfg, state = self.cfg, self.state
-        bar = tqdm(total=cfg.steps, initial=state.step, disable=not (progress and self.dd.main),
-                   dynamic_ncols=True, desc="train")
+        bar = train_progress(cfg.steps, state.step, enabled=progress and self.dd.main)
         summary, last_val, started = {"stopped": None}, None, time.time()
+        clock = RunClock.for_run(cfg, self.run_dir)
         try:
             for batch in self.data.loader if state.step < cfg.steps else []:
                 ok, loss, grad_norm = self.step(batch)
                 bar.update(1)
                 self.after_step(ok, loss, grad_norm, bar, started)
-                out_of_time = self.out_of_time(started)
+                out_of_time = self.out_of_time(clock)
                 final = state.step == cfg.steps or out_of_time
                 stop = False
-                if state.step % cfg.validation.every == 0 or final:
+                if self.validation_due(clock, final):
+                    val_start = time.monotonic()
                     scores, stop = self.validate_and_snapshot(bar)
+                    clock.validated(state.step, time.monotonic() - val_start)
                     last_val = scores if scores is not None else last_val
                 if state.step % cfg.checkpoint.every == 0 or final or stop:
                     self.save_state()

@@ -6,7 +6,7 @@
     RUN/state.prev/              the state saved before it, the fallback when the latest one is damaged
     RUN/snapshots/step_NNNNNNN/  model folders (EMA weights + config.json), one per validation
     RUN/curves.png               loss and validation curves
-    RUN/knee.json                ESGF knee (when detected); its snapshot is never pruned
+    RUN/knee.json                ESGF knee verdict (step null: no knee yet); a knee's snapshot is never pruned
     RUN/knee.png                 the knee detector's plot (`linearsr knee`, end of a stage)
     RUN/pinned.json              {"steps": [...]}: more snapshots retention must keep
     RUN/stage_done.json          a finished stage of a recipe (its summary); RUN/<stage>/ per stage
@@ -79,10 +79,11 @@ class RunDir:
         return self.snapshots.is_dir()
 
     def knee_step(self) -> int | None:
-        """The step knee.json names, or None when there is no knee file."""
+        """The step knee.json names, or None when there is no knee file or it says "no knee yet"."""
         if not self.knee.is_file():
             return None
-        return int(json.loads(self.knee.read_text())["step"])
+        step = json.loads(self.knee.read_text()).get("step")
+        return None if step is None else int(step)
 
     def write_json(self, path: Path, data: dict) -> None:
         """Write atomically: a reader (or a kill) never sees half a knee.json."""
