@@ -54,7 +54,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana", "span"):
+    for name in ("upscale", "train", "data", "info", "knee", "export", "eval", "bench", "ablate", "serve", "sana", "span", "estimator"):
         module = importlib.import_module(f".{name}", __name__)
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)

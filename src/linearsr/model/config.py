@@ -68,6 +68,10 @@ class ModelConfig:
     # Condition on the input's estimated degradation (noise, blur, JPEG blockiness; degradation_level.py),
     # so that clean inputs can keep the prior's output and degraded ones get the full correction.
     degradation_condition: bool = False
+    # What that condition is: "levels", three hand-made blind estimates (degradation_level.py, models up to
+    # v0.3), or "params", the vector of the degradation parameters (degradation_kinds.PARAMS): the true one in
+    # training, the degradation estimator's prediction from the whole LR image at inference.
+    degradation_vector: str = "levels"
     # What the network outputs (see network.py): "preconditioned" (EDM-style: clean sample = analytic skip of
     # x_t + scaled network output), "clean" (plain x-prediction) or "velocity" (SANA's own). The first two
     # are converted to the velocity, so the loss is the paper's velocity MSE in every case.
@@ -106,6 +110,8 @@ class ModelConfig:
         need(self.base in BASES, f"base must be one of {', '.join(BASES)}, not {self.base!r}")
         need(not (self.base == "none" and (self.base_condition or self.base_trainable)),
              "base_condition and base_trainable need a base (bicubic or span)")
+        need(self.degradation_vector in ("levels", "params"),
+             f"degradation_vector must be levels or params, not {self.degradation_vector!r}")
         need(self.codec in ("pixel", "dcae"), f"codec must be pixel or dcae, not {self.codec!r}")
         need(self.codec_factor & (self.codec_factor - 1) == 0, "codec_factor must be a power of two")
         need(self.latent_channels > 0, "latent_channels must be set for a latent codec")
