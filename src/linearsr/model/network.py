@@ -141,16 +141,18 @@ class LinearSRModel(nn.Module):
         return self.estimator.predict(lr.to(param.device, param.dtype)).to(lr.device)
 
     @torch.no_grad()
-    def condition(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None) -> dict:
+    def condition(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None,
+                  known: torch.Tensor | None = None) -> dict:
         """What the sampler passes to every forward besides lr: the base image and the degradation vector
-        (each only when this model uses it), computed once per image. `degradation_override` replaces
-        estimated values by name (see degradation_kinds.parse_degradation)."""
+        (each only when this model uses it), computed once per image. `known`: the true vector where the
+        caller has it (training, validation) instead of the estimate; `degradation_override` replaces
+        values by name (see degradation_kinds.parse_degradation)."""
         extra = {}
         if self.base is not None:
             extra["base"] = self.base_image(lr)
         if self.config.degradation_condition:
-            extra["degradation"] = apply_override(self.estimate_degradation(lr), degradation_override,
-                                                  self.config.degradation_vector)
+            vector = self.estimate_degradation(lr) if known is None else known.to(lr.device, torch.float32)
+            extra["degradation"] = apply_override(vector, degradation_override, self.config.degradation_vector)
         return extra
 
     # ---- images <-> flow space ----------------------------------------------------------------------

@@ -46,7 +46,7 @@ class EstimatorSettings:
     sizes: tuple[int, ...] = (32, 48, 64, 96, 128, 192)  # LR sides, multiples of 8 (JPEG's grid) or 4
     batch_pixels: int = 48 * 48 * 12  # LR pixels per step: 12 crops of 48 px, 3 of 96 px ...
     steps: int = 4000
-    lr: float = 1e-3
+    lr: float = 2e-3
     ema_decay: float = 0.995
     seed: int = 0
     max_minutes: float | None = None

@@ -36,8 +36,9 @@ from ..precision import resolve_precision
 from ..tags import TagTable, batch_context, load_tag_encoder
 from .config import TrainConfig
 from .distributed import Dist, setup_distributed
-from .esgf import initial_weights, update_knee
+from .esgf import update_knee
 from .hooks import DivergenceGuard, LoopState, TrainHooks, TrainingStopped
+from .model_init import build_model
 from .run_dir import RunDir
 from .state import (EMA, MetricsLog, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
                     read_metrics, save_train_state, truncate_metrics)
@@ -64,17 +65,6 @@ def require_train_extra() -> None:
     if missing:
         raise RuntimeError(f"training needs the train extra (missing: {', '.join(missing)}): "
                            f"pip install \"linearsr[train]\"")
-
-
-def build_model(cfg: TrainConfig) -> LinearSRModel:
-    """The model a config trains, started from `init_from` (ESGF: a run's knee snapshot) when given."""
-    model_cfg = cfg.model_config()
-    model = LinearSRModel(model_cfg)
-    if cfg.init_from:
-        source, state = initial_weights(cfg.init_from, model_cfg.num_experts, allow_any=cfg.init_from_any)
-        model.experts.load_state_dict(state)
-        model.config.provenance = {**model.config.provenance, "init_from": str(source)}
-    return model
 
 
 @dataclass
@@ -110,6 +100,18 @@ def build_objective(model: LinearSRModel, cfg: TrainConfig) -> Objective:
         objective.expert_shares = torch.tensor(shares, dtype=torch.float64)
         objective.expert_losses = [FlowMatchingLoss(s) for s in samplers]
     return objective
+
+
+def known_degradation(batch: dict, model: LinearSRModel, cfg: TrainConfig, step: int, dd: Dist):
+    """The true degradation vector of each sample for a `degradation_vector: params` model, with a seeded
+    share `data.degradation_dropout` of rows hidden (NaN: the model's learned "unknown"); None otherwise
+    (the model then estimates its hand-made levels from the LR image)."""
+    if not model.uses_estimator:
+        return None
+    vector = batch["degradation"].clone()
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, "degradation-dropout", step, dd.rank))
+    vector[torch.rand(vector.shape[0], generator=gen) < cfg.data.degradation_dropout] = float("nan")
+    return vector.to(dd.device)
 
 
 @dataclass
@@ -232,8 +234,9 @@ class Trainer:
         gen = torch.Generator(dd.device).manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
         context, mask = batch_tags(batch["names"], self.data.table, self.data.encoder, cfg, step, dd)
         step_loss = self.objective.pick(cfg.seed, step)
+        known = known_degradation(batch, model, cfg, step, dd)
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            cond = model.condition(lr)  # base image and degradation levels, once per batch, no gradient
+            cond = model.condition(lr, known=known)  # base image and degradation, once per batch, no gradient
             base_l1 = None
             if model.config.base_trainable:  # the prior learns through its conditioning input and an L1 term
                 cond["base"] = model.base_image(lr)
