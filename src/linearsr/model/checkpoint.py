@@ -113,9 +113,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def model_tensors(model) -> dict[str, torch.Tensor]:
-    """What a model folder stores: the experts' weights and, for a learned base (SPAN), the base's, so that
-    a fine-tuned prior travels with its model. The bicubic base has none."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base."))}
+    """What a model folder stores: the experts' weights, for a learned base (SPAN) the base's, so that a
+    fine-tuned prior travels with its model (the bicubic base has none), and the degradation estimator's."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base.", "estimator."))}
 
 
 def refuse_pickle(path: Path) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from ..degradation_kinds import LEVELS, PARAMS
 from .degradation_level import estimate_degradation
 
-MIN_SIDE = 16  # smaller inputs are reflect-padded to this, so every stage keeps at least 2x2 positions
+MIN_SIDE = 16  # smaller inputs are edge-padded to this, so every stage keeps at least 2x2 positions
 CROP = 256  # side of the crops pooled over when an image exceeds max_pixels (a multiple of 8: JPEG's grid)
 
 
@@ -67,8 +67,7 @@ class DegradationEstimator(nn.Module):
         on the batch axis as (B, n, 3, CROP, CROP) -> (B * n, ...); `forward` pools over all of them."""
         b, c, h, w = lr.shape
         if h < MIN_SIDE or w < MIN_SIDE:
-            mode = "reflect" if min(h, w) > 1 else "replicate"
-            lr = F.pad(lr, (0, max(0, MIN_SIDE - w), 0, max(0, MIN_SIDE - h)), mode=mode)
+            lr = F.pad(lr, (0, max(0, MIN_SIDE - w), 0, max(0, MIN_SIDE - h)), mode="replicate")
         if h * w <= self.max_pixels or min(h, w) < CROP:
             return lr[:, None]
         n = max(1, self.max_pixels // (CROP * CROP))

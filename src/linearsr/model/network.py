@@ -246,7 +246,7 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
     file = folder / WEIGHTS_NAME
     try:
         with safe_open(str(file), framework="pt") as fh:  # reads the header only
-            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base."))}
+            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base.", "estimator."))}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     with torch.device("meta"):

@@ -14,6 +14,7 @@ training config names as `estimator_from` and which the model folder then carrie
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -85,7 +86,9 @@ def train_estimator(settings: EstimatorSettings, out: str | Path, resume: bool =
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     ema = EMA(model, settings.ema_decay)
     step = load_train_state(run, model, ema, opt, notify=tqdm.write)[0] if has_train_state(run) else 0
-    pool, _ = build_data(settings.data, settings.scale, settings.seed)  # the held-out photos stay out
+    smallest = min(settings.sizes) * settings.scale  # a photo needs to hold one crop of the smallest size
+    data = dataclasses.replace(settings.data, crop_size=smallest, val_crop_size=smallest)
+    pool, _ = build_data(data, settings.scale, settings.seed)  # the held-out photos stay out
     log, started = MetricsLog(run, enabled=True), time.time()
     bar = tqdm(total=settings.steps, initial=step, desc="estimator", unit="step", dynamic_ncols=True)
     while step < settings.steps:
