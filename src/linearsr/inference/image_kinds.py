@@ -16,13 +16,13 @@ from .. import imageio, imagesave
 def load_any(image, max_pixels: int | None) -> imageio.LoadedImage:
     """A PIL image, path, numpy array (H, W[, C]) or tensor (C, H, W) / (1, C, H, W) in [0, 1], loaded."""
     if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
+        t = _dense_cpu(image)
         if t.ndim == 4 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4):
             raise ValueError(f"tensor images must be (C, H, W) or (1, C, H, W) with C in 1..4, got {tuple(image.shape)}")
         arr = t.permute(1, 2, 0).numpy()
-        if t.dtype.is_floating_point:
+        if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
         return imageio.load_image(arr, max_pixels=max_pixels)
     if isinstance(image, (np.ndarray, Image.Image)):
@@ -30,6 +30,18 @@ def load_any(image, max_pixels: int | None) -> imageio.LoadedImage:
     if isinstance(image, (str, os.PathLike)):
         return imageio.load_image(image, max_pixels=max_pixels)
     raise TypeError(f"unsupported image type {type(image).__name__} (PIL image, numpy array, tensor or path)")
+
+
+def _dense_cpu(image: torch.Tensor) -> torch.Tensor:
+    """A tensor numpy can take: on the CPU, dense, and float32 for the float types numpy lacks (bfloat16)."""
+    if image.is_meta:
+        raise ValueError("a meta tensor holds no pixel data (it only describes a shape)")
+    if image.is_complex() or image.dtype == torch.bool:
+        raise ValueError(f"tensor images must be uint8, uint16 or float in [0, 1], got {image.dtype}")
+    t = image.detach().cpu()
+    if t.layout != torch.strided:  # sparse tensors: their values, densified
+        t = t.to_dense()
+    return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
 def like_input(image, loaded: imageio.LoadedImage, rgb: np.ndarray, alpha: np.ndarray | None):

@@ -52,6 +52,7 @@ PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resol
 # (16 MP peak RSS 3.3 GB instead of 4.7 GB). The result is the same (the band carries its halo rows).
 CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
+MIN_LR_SIDE = 3  # smaller inputs are padded (edge repeated) to this before a pass, and cropped after
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
 
@@ -219,7 +220,7 @@ class LinearSR:
         `settings`, `overrides`, `scale`, `long_side`, `progress`: as for `enhance`."""
         s = settings_from(settings, **overrides)
         native = self.model.config.scale
-        _check_input(rgb)
+        rgb, alpha = _check_input(rgb, alpha)
         h, w = rgb.shape[:2]
         tw, th = output_size(w, h, scale, long_side, native)
         passes = count_passes(max(tw / w, th / h), native)
@@ -259,7 +260,8 @@ class LinearSR:
         h, w = rgb.shape[:2]
         lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
         unit = cfg.multiple // math.gcd(cfg.multiple, cfg.scale)  # LR multiple giving an HR multiple
-        pad_h, pad_w = (-h) % unit, (-w) % unit
+        # at least MIN_LR_SIDE (the degradation estimator's 3x3 filters), then a multiple of `unit`
+        pad_h, pad_w = (_padded(n, unit) - n for n in (h, w))
         if pad_h or pad_w:  # reflect needs pad < size; tiny images repeat their edge instead
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             lr = F.pad(lr, (0, pad_w, 0, pad_h), mode=mode)
@@ -358,12 +360,34 @@ class LinearSR:
             return None
 
 
-def _check_input(rgb) -> None:
-    """enhance_arrays takes float RGB in [0, 1]; an empty or non-finite array is a caller's mistake, said in
-    one line (an empty one used to end in ZeroDivisionError)."""
+def _padded(n: int, unit: int) -> int:
+    n = max(n, MIN_LR_SIDE)
+    return n + (-n) % unit
+
+
+def _check_input(rgb, alpha) -> tuple[np.ndarray, np.ndarray | None]:
+    """enhance_arrays takes float RGB (H, W, 3) in [0, 1] and an optional float alpha (H, W) in [0, 1]; anything
+    else is a caller's mistake, said in one line (an empty array used to end in ZeroDivisionError, uint8 data
+    came out saturated, a wrong-shape alpha was stretched and a NaN alpha was returned as it was). Values
+    within `imageio.FLOAT_SLACK` of [0, 1] are clipped, as `load_image` does."""
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb must be a float array (H, W, 3), got {getattr(rgb, 'shape', type(rgb).__name__)}")
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
-    if not np.isfinite(rgb).all():
-        raise ValueError("rgb holds NaN or infinite values")
+    if alpha is not None and (not isinstance(alpha, np.ndarray) or alpha.shape != rgb.shape[:2]):
+        raise ValueError(f"alpha must be an array (H, W) = {rgb.shape[:2]} like rgb, got "
+                         f"{getattr(alpha, 'shape', type(alpha).__name__)}")
+    checked = []
+    for name, plane in (("rgb", rgb), ("alpha", alpha)):
+        if plane is not None and plane.dtype.kind != "f":
+            raise ValueError(f"{name} must hold floats in [0, 1], got {plane.dtype} (convert: x / 255 for uint8, "
+                             f"or use enhance(), which takes any image kind)")
+        if plane is not None and not np.isfinite(plane).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        if plane is not None:
+            lo, hi = float(plane.min()), float(plane.max())
+            if lo < -imageio.FLOAT_SLACK or hi > 1 + imageio.FLOAT_SLACK:
+                raise ValueError(f"{name} values must lie in [0, 1], these span [{lo:g}, {hi:g}]")
+            plane = np.clip(plane, 0, 1).astype(np.float32) if (lo < 0 or hi > 1) else plane
+        checked.append(plane)
+    return checked[0], checked[1]

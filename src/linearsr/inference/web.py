@@ -232,6 +232,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Sampling", unit="steps")
 
+        r = None
         try:
             with server.busy:
                 r = run_upscale(server.pipe, path, server.results, name=name, max_upload_bytes=server.max_bytes,
@@ -240,7 +241,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
             raise gr.Error(_one_line(e), print_exception=False) from None
         finally:
-            prune_results(server.results)
+            prune_results(server.results, keep=r.after.parent if r is not None else None)
         for note in r.notes:
             gr.Warning(note)
         w, h = r.size
