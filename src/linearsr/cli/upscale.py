@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import signal
 import sys
@@ -221,12 +222,16 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
+    if scale is not None and not math.isfinite(scale):  # click's range check lets nan and inf through
+        raise click.BadParameter(f"{scale} is not a finite number", param_hint="--scale")
     from .. import imageio
-    from ..inference.pipeline import LinearSR, resolve_device
+    from ..inference.pipeline import LinearSR, check_output_fits, resolve_device
     from ..model.checkpoint import load_config, resolve_model_path
 
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
+    if scale is not None:  # too large even for a 1-pixel input (--scale 1e9): refused before the model loads
+        check_output_fits(math.ceil(scale), math.ceil(scale))
     suffix = _suffix(scale, long_side, config.scale)
     files, targets = _plan_batch(inputs, output, suffix, fmt, imageio)
     rank, world = _rank_world()

@@ -81,3 +81,31 @@ def _planes(rgb: np.ndarray, alpha: np.ndarray | None, channels: int) -> np.ndar
         a = alpha if alpha is not None else np.ones(rgb.shape[:2], np.float32)
         base = np.dstack([base, a])
     return np.clip(base, 0, 1).astype(np.float32)
+
+
+def check_arrays(rgb, alpha) -> tuple[np.ndarray, np.ndarray | None]:
+    """`LinearSR.enhance_arrays` takes float RGB (H, W, 3) in [0, 1] and an optional float alpha (H, W) in [0, 1]; anything
+    else is a caller's mistake, said in one line (an empty array used to end in ZeroDivisionError, uint8 data
+    came out saturated, a wrong-shape alpha was stretched and a NaN alpha was returned as it was). Values
+    within `imageio.FLOAT_SLACK` of [0, 1] are clipped, as `load_image` does."""
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be a float array (H, W, 3), got {getattr(rgb, 'shape', type(rgb).__name__)}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+    if alpha is not None and (not isinstance(alpha, np.ndarray) or alpha.shape != rgb.shape[:2]):
+        raise ValueError(f"alpha must be an array (H, W) = {rgb.shape[:2]} like rgb, got "
+                         f"{getattr(alpha, 'shape', type(alpha).__name__)}")
+    checked = []
+    for name, plane in (("rgb", rgb), ("alpha", alpha)):
+        if plane is not None and plane.dtype.kind != "f":
+            raise ValueError(f"{name} must hold floats in [0, 1], got {plane.dtype} (convert: x / 255 for uint8, "
+                             f"or use enhance(), which takes any image kind)")
+        if plane is not None and not np.isfinite(plane).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        if plane is not None:
+            lo, hi = float(plane.min()), float(plane.max())
+            if lo < -imageio.FLOAT_SLACK or hi > 1 + imageio.FLOAT_SLACK:
+                raise ValueError(f"{name} values must lie in [0, 1], these span [{lo:g}, {hi:g}]")
+            plane = np.clip(plane, 0, 1).astype(np.float32) if (lo < 0 or hi > 1) else plane
+        checked.append(plane)
+    return checked[0], checked[1]

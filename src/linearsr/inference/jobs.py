@@ -51,6 +51,8 @@ class Limits:
     tags_chars: int = 1000
     output_pixels: int = 64_000_000   # the result's size: a 16 MP upload at x8 would be 1 GP
     job_seconds: float = 600.0        # wall-clock bound of one job; it stops at the next sampling step
+    body_idle_seconds: float = 15.0   # a request body silent this long is refused (408): see request_guard.py
+    body_seconds: float = 300.0       # and one not complete after this long (20 MB at 70 kB/s)
 
 
 LIMITS = Limits()
