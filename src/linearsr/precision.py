@@ -94,7 +94,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     """"auto" -> "bf16" or "fp32" for `device` (see the module doc); other choices are checked and returned."""
     if precision not in CHOICES:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(CHOICES)}")
-    device = check_device(device)
+    device = torch.device(device)
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if cuda_has_fast_bf16(device) else "fp32"
