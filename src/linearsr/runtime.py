@@ -146,3 +146,15 @@ def tune_process() -> None:
     """Everything above, once, at the start of a CLI command."""
     tune_allocator()
     configure_threads()
+
+
+def catch_sigterm(callback):
+    """Call `callback()` on SIGTERM instead of dying (a long job then stops at a point of its choosing, with
+    its state saved). Returns the handler it replaced, for `signal.signal(signal.SIGTERM, previous)`; None
+    when not on the main thread, where Python cannot install signal handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: callback())

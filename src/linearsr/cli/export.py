@@ -55,7 +55,10 @@ def _pick_snapshot(run, pick: str) -> Path:
         if step is None:
             raise click.ClickException(f"{run}: no knee.json; run `linearsr knee {run}` or use --pick best|last")
     elif pick == "best":
-        vals = [r for r in read_metrics(run, "val") if r["step"] in snaps]
+        vals = [r for r in read_metrics(run, "val") if r.get("step") in snaps
+                and isinstance(r.get("psnr"), (int, float)) and r["psnr"] == r["psnr"]]  # NaN is not a best
+        if not vals:
+            raise click.ClickException(f"{run}: no validation row with a psnr for any snapshot; use --pick knee|last")
         step = max(vals, key=lambda r: r["psnr"])["step"]
     else:
         step = max(snaps)

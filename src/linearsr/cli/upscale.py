@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import signal
 import sys
@@ -152,8 +153,8 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
     """(file, folder it was found under or None) for every input, deduplicated, sorted by path.
 
     Folders are walked recursively for image files (hidden files, our outputs and anything inside the
-    `exclude` folder skipped); globs are expanded (** allowed); a named file is always attempted, so a
-    missing or non-image file still gets its one error line."""
+    `exclude` folder skipped); globs are expanded (** allowed; our outputs skipped as in folders); a named
+    file is always attempted, so a missing or non-image file still gets its one error line."""
     found: dict[Path, tuple[Path, Path | None]] = {}
     excluded = exclude.resolve() if exclude is not None else None
 
@@ -174,7 +175,10 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
         else:
             for match in sorted(glob.glob(arg, recursive=True)):
                 m = Path(match)
-                walk(m) if m.is_dir() else found.setdefault(_key(m), (m, None))
+                if m.is_dir():
+                    walk(m)
+                elif not _looks_like_output(m, suffix):  # 'in/*.png' run twice: not a_x4.png -> a_x4_x4.png
+                    found.setdefault(_key(m), (m, None))
     return sorted(found.values(), key=lambda item: str(item[0]))
 
 
@@ -218,12 +222,16 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
+    if scale is not None and not math.isfinite(scale):  # click's range check lets nan and inf through
+        raise click.BadParameter(f"{scale} is not a finite number", param_hint="--scale")
     from .. import imageio
-    from ..inference.pipeline import LinearSR, resolve_device
+    from ..inference.pipeline import LinearSR, check_output_fits, resolve_device
     from ..model.checkpoint import load_config, resolve_model_path
 
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
+    if scale is not None:  # too large even for a 1-pixel input (--scale 1e9): refused before the model loads
+        check_output_fits(math.ceil(scale), math.ceil(scale))
     suffix = _suffix(scale, long_side, config.scale)
     files, targets = _plan_batch(inputs, output, suffix, fmt, imageio)
     rank, world = _rank_world()
@@ -342,9 +350,10 @@ def _cuda_count() -> int:
 
 
 def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imageio) -> dict:
-    """{input: output path, or the ImageError to report for it}, decided before any work. Two inputs that
-    would share an output (img.bmp and img.webp -> img_x4.png) both keep their extension in the name
-    instead (img.bmp_x4.png, img.webp_x4.png), so neither fails and neither overwrites the other."""
+    """{input: output path, or the ImageError to report for it}, decided before any work. Inputs that would
+    share an output (img.bmp, img.webp -> img_x4.png) keep their extension in the name (img.bmp_x4.png);
+    any still shared (ga/x.png, gb/x.png into one folder) fail, as does an output that is an input of the
+    batch: no result ever lands on an input or on another result, whatever --overwrite says."""
     targets: dict = {}
     for path, root in files:
         try:
@@ -353,18 +362,25 @@ def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imagei
             targets[path] = e
         except (OSError, RuntimeError) as e:  # an unreadable path: its own line, the batch goes on
             targets[path] = imageio.ImageError(str(path), " ".join(str(e).split()) or type(e).__name__)
+    for rename in (True, False):
+        for clash in _shared(targets):
+            for path in clash:
+                others = ", ".join(str(p) for p in clash if p != path)
+                targets[path] = targets[path].with_name(f"{path.name}{suffix}{targets[path].suffix}") if rename \
+                    else imageio.ImageError(str(path), f"its output {targets[path]} is also {others}'s; use separate -o")
+    inputs = {_key(path) for path, _ in files}
+    for path, dest in targets.items():
+        if not isinstance(dest, Exception) and _key(dest) in inputs:
+            targets[path] = imageio.ImageError(str(path), f"its output {dest} is an input of this batch; choose -o")
+    return targets
+
+
+def _shared(targets: dict) -> list[list[Path]]:
     seen: dict = {}
     for path, dest in targets.items():
         if not isinstance(dest, Exception):
             seen.setdefault(_key(dest), []).append(path)
-    for clash in (paths for paths in seen.values() if len(paths) > 1):
-        for path in clash:
-            dest = targets[path]
-            renamed = dest.with_name(f"{path.name}{suffix}{dest.suffix}")
-            taken = [p for p in seen if p == _key(renamed)]
-            targets[path] = renamed if not taken else imageio.ImageError(
-                str(path), f"its output {dest.name} is shared with {', '.join(str(p) for p in clash if p != path)}")
-    return targets
+    return [paths for paths in seen.values() if len(paths) > 1]
 
 
 def _check_writable(dest: Path, imageio) -> None:

@@ -168,6 +168,9 @@ def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, Photo
         val_root = Path(cfg.val_dir)
         train_files, val_files = files, list_images(val_root)
     else:
+        if cfg.val_holdout < 1:  # the empty validation pool would blame the training folder
+            raise ValueError("data.val_holdout is 0 and data.val_dir is not set: validation needs images; set "
+                             "data.val_holdout to 1 or more, or data.val_dir to a folder of validation photos")
         if len(files) <= cfg.val_holdout:
             # count what really decodes: a text file named x.png is not an image to train on
             readable = sum(1 for f in files if _header_ok(f))

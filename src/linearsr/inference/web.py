@@ -20,7 +20,8 @@ Design notes:
   against `LIMITS`, the same object the page's controls are built from, and `LIMITS` itself is read from the
   settings' definitions (`settings.KNOBS[...].page`): the HTTP API cannot ask for more than the page offers. A job also stops when its client goes away (page closed, API call cancelled), when it runs
   past `max_job_seconds`, or when the server stops; the pipeline's per-step callback is where it checks.
-  Every refusal is a one-line message shown in the page (gr.Error). One job at a time: the queue runs the
+  Every refusal is a one-line message shown in the page (gr.Error). Request bodies that stop arriving are
+  answered 408 and an upload the client abandons is one console line (`request_guard.py`). One job at a time: the queue runs the
   model's events (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
 * The page: input image, scale, preset (pre-fills steps, guidance and colour fix, which stay editable), tags
   (pre-filled by the tagger plug-in when one is configured), seed, strength (models with a base image only);
@@ -232,6 +233,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Sampling", unit="steps")
 
+        r = None
         try:
             with server.busy:
                 r = run_upscale(server.pipe, path, server.results, name=name, max_upload_bytes=server.max_bytes,
@@ -240,7 +242,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
             raise gr.Error(_one_line(e), print_exception=False) from None
         finally:
-            prune_results(server.results)
+            prune_results(server.results, keep=r.after.parent if r is not None else None)
         for note in r.notes:
             gr.Warning(note)
         w, h = r.size
@@ -339,7 +341,7 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
         # the one line below says what matters instead.
         wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=True,
                       prevent_thread_lock=not block, max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
-                      ssr_mode=False, mcp_server=False, pwa=False, show_error=True)
+                      ssr_mode=False, mcp_server=False, pwa=False, show_error=True, app_kwargs=_guarded(limits))
         accepted = inspect.signature(demo.launch).parameters
         if block and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C, temp folder removed
@@ -357,6 +359,15 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
         demo.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return demo
+
+
+def _guarded(limits: Limits) -> dict:
+    """FastAPI settings that put `RequestGuard` (request-body timeouts, one line per aborted upload) in front."""
+    from starlette.middleware import Middleware
+
+    from .request_guard import RequestGuard
+
+    return {"middleware": [Middleware(RequestGuard, idle_s=limits.body_idle_seconds, total_s=limits.body_seconds)]}
 
 
 def _stop_jobs(demo, wait_s: float = 30.0) -> None:

@@ -101,6 +101,11 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"invalid model config: {msg}")
 
+        for name in ("depth", "width", "heads", "cross_heads", "stem_channels", "codec_factor", "patch_size",
+                     "cond_dim", "num_null_tokens"):  # before any division by them
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1, f"{name} must be a whole number >= 1, not {value!r}")
+        need(self.mlp_ratio > 0, f"mlp_ratio must be positive, not {self.mlp_ratio!r}")
         need(self.width % self.heads == 0, f"width {self.width} is not divisible by heads {self.heads}")
         need(self.width % self.cross_heads == 0, f"width {self.width} not divisible by cross_heads {self.cross_heads}")
         need(self.attention in ("linear", "softmax"), f"attention must be linear or softmax, not {self.attention!r}")

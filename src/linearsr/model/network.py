@@ -249,6 +249,7 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
             found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base.", "estimator."))}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    _check_counts(folder, config, found)  # before building even a meta model: depth 20000 never finished
     with torch.device("meta"):
         expected = {k: list(v.shape) for k, v in model_tensors(LinearSRModel(config)).items()}
     missing_base = [name for name in expected if name.startswith("base.") and name not in found]
@@ -265,6 +266,19 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {problems[0]}{more}")
+
+
+def _check_counts(folder: Path, config: ModelConfig, found: dict) -> None:
+    """Experts and blocks per expert as the weights' header has them, against the config: the cheap part of
+    the check, so that a config asking for thousands of blocks is refused without building them (a wrong
+    width costs nothing on the meta device)."""
+    experts = {k.split(".")[1] for k in found if k.startswith("experts.")}
+    blocks = {k.split(".")[3] for k in found if k.startswith("experts.0.blocks.")}
+    for what, by_weights, by_config in (("experts", len(experts), config.num_experts),
+                                        ("depth", len(blocks), config.depth)):
+        if by_weights != by_config:
+            raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {what} is {by_config} by "
+                                  f"{CONFIG_NAME} but {by_weights} in {WEIGHTS_NAME}")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):

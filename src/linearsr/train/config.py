@@ -257,6 +257,19 @@ def check_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"optim.betas must be two numbers in [0, 1), not {list(b)}")
     if cfg.experts.count & (cfg.experts.count - 1):
         raise ValueError(f"experts.count must be a power of two, not {cfg.experts.count}")
+    if cfg.experts.train != "all":
+        expert_to_train(cfg.experts.train, cfg.model_config().num_experts)
+
+
+def expert_to_train(value, count: int) -> int:
+    """experts.train as an expert index, or one line naming the key and what it may be."""
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = -1
+    if not 0 <= k < count or (isinstance(value, float) and value != k):
+        raise ValueError(f"experts.train must be all or an expert index from 0 to {count - 1}, not {value!r}")
+    return k
 
 
 PATH_KEYS = ("data.train_dir", "data.val_dir", "data.tags_file", "data.tag_encoder", "init_from", "estimator_from")

@@ -17,8 +17,10 @@ is read-only: what changes during a run lives in `LoopState` (see `hooks.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,15 +35,16 @@ from ..flow.experts import expert_intervals, expert_time_samplers
 from ..flow.loss import FlowMatchingLoss
 from ..model.network import LinearSRModel
 from ..precision import resolve_precision
+from ..runtime import catch_sigterm
 from ..tags import TagTable, batch_context, load_tag_encoder
 from .config import TrainConfig
 from .distributed import Dist, setup_distributed
 from .esgf import update_knee
 from .hooks import DivergenceGuard, LoopState, TrainHooks, TrainingStopped
 from .model_init import build_model
-from .run_dir import RunDir
-from .state import (EMA, MetricsLog, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
-                    read_metrics, save_train_state, truncate_metrics)
+from .run_dir import RunDir, RunLock
+from .state import (EMA, MetricsLog, check_resume_config, has_train_state, load_train_state, metrics_line_count,
+                    prune_snapshots, read_metrics, save_train_state, truncate_metrics)
 from .validation import plot_curves, validate
 
 TRAIN_EXTRA = ("matplotlib", "yaml")  # what training imports from the `train` extra (curves, configs)
@@ -89,7 +92,7 @@ def build_objective(model: LinearSRModel, cfg: TrainConfig) -> Objective:
     sampler = cfg.time_sampler(model.config.shift)
     trainable = list(model.parameters())
     if cfg.experts.train != "all":  # one expert at a time: only its timesteps, only its weights
-        k = int(cfg.experts.train)
+        k = int(cfg.experts.train)  # checked against the expert count when the config was read
         sampler.t_min, sampler.t_max = expert_intervals(model.config.expert_boundaries)[k]
         for i, expert in enumerate(model.experts):
             expert.requires_grad_(i == k)
@@ -151,6 +154,7 @@ def open_run(run: RunDir, cfg: TrainConfig, dd: Dist, resume: bool, model, ema: 
     state, extra = LoopState(step=0, lr=cfg.optim.lr), {"metrics_lines": 0}
     say = (lambda m: print(f"linearsr: warning: {m}", file=sys.stderr, flush=True)) if dd.main else None
     if resume and has_train_state(run):
+        check_resume_config(run, cfg)
         step, extra = load_train_state(run, model, ema, opt, notify=say)
         state = LoopState(step=step, lr=extra.get("lr", cfg.optim.lr))  # a rollback may have lowered it
     elif resume and read_metrics(run) and say:
@@ -196,6 +200,8 @@ class Trainer:
     state: LoopState
     log: MetricsLog
     bf16: bool
+    lock: RunLock | None = None
+    terminated: bool = False  # SIGTERM arrived: save the state and stop after the current step
 
     @classmethod
     def setup(cls, cfg: TrainConfig, run_dir: str | Path | RunDir, resume: bool = False,
@@ -206,6 +212,15 @@ class Trainer:
         if (has_train_state(run) or read_metrics(run)) and not resume:
             raise ValueError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
         require_train_extra()  # before any step: a missing plotting package must not kill the run at step 10
+        lock = RunLock(run).acquire() if dd.main else None  # one training per run folder, until run() ends
+        try:
+            return dataclasses.replace(cls._build(cfg, run, dd, resume, hooks), lock=lock)
+        except BaseException:
+            lock and lock.release()
+            raise
+
+    @classmethod
+    def _build(cls, cfg: TrainConfig, run: RunDir, dd: Dist, resume: bool, hooks: TrainHooks | None) -> "Trainer":
         torch.manual_seed(cfg.seed)
         model = build_model(cfg).to(dd.device)
         model.config.provenance = {**model.config.provenance, "train_config": str(run.config)}
@@ -352,6 +367,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=state.step, disable=not (progress and self.dd.main),
                    dynamic_ncols=True, desc="train")
         summary, last_val, started = {"stopped": None}, None, time.time()
+        # `kill` ends the run like its time budget: the state is saved after the current step
+        previous = catch_sigterm(lambda: setattr(self, "terminated", True))
         try:
             for batch in self.data.loader if state.step < cfg.steps else []:
                 ok, loss, grad_norm = self.step(batch)
@@ -363,15 +380,18 @@ class Trainer:
                 if state.step % cfg.validation.every == 0 or final:
                     scores, stop = self.validate_and_snapshot(bar)
                     last_val = scores if scores is not None else last_val
-                if state.step % cfg.checkpoint.every == 0 or final or stop:
+                terminated = not self.dd.all_true(not self.terminated)
+                if state.step % cfg.checkpoint.every == 0 or final or stop or terminated:
                     self.save_state()
-                if stop or out_of_time:
-                    summary["stopped"] = "early_stop" if stop else "time_limit"
+                if stop or out_of_time or terminated:
+                    summary["stopped"] = "early_stop" if stop else "time_limit" if out_of_time else "terminated"
                     break
                 if state.step >= cfg.steps:
                     break
         finally:
             bar.close()
+            signal.signal(signal.SIGTERM, previous) if previous is not None else None
+            self.lock.release() if self.lock is not None else None
         summary.update(step=state.step, last_val=last_val, wall_s=round(time.time() - started, 1))
         return summary
 
