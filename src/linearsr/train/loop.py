@@ -106,9 +106,8 @@ def build_objective(model: LinearSRModel, cfg: TrainConfig) -> Objective:
 
 
 def known_degradation(batch: dict, model: LinearSRModel, cfg: TrainConfig, step: int, dd: Dist):
-    """The true degradation vector of each sample for a `degradation_vector: params` model, with a seeded
-    share `data.degradation_dropout` of rows hidden (NaN: the model's learned "unknown"); None otherwise
-    (the model then estimates its hand-made levels from the LR image)."""
+    """A `degradation_vector: params` model's condition: each sample's true vector, a seeded share
+    `data.degradation_dropout` of rows hidden (NaN: the learned "unknown"). None for other models."""
     if not model.uses_estimator:
         return None
     vector = batch["degradation"].clone()
