@@ -195,3 +195,19 @@ def test_flow_training_on_the_vector_needs_and_loads_an_estimator(tmp_path):
     cfg = TrainConfig.load(cfg_path, [f"estimator_from={tmp_path / 'est.safetensors'}"])
     model = build_model(cfg)
     assert torch.equal(model.estimator.head[2].weight, est.head[2].weight)
+
+
+def test_clean_gate_keeps_its_share_of_the_residual_on_clean_inputs():
+    model = params_model()
+    lr = photo_lr()
+    full = super_resolve(model, lr, steps=1, seed=0)
+    assert model.residual_gate(lr) == 1.0  # no gate by default
+    model.config.clean_strength = 0.25
+    p = float(model.estimator.estimate(lr)[1][0])
+    gate = float(model.residual_gate(lr))
+    assert gate == pytest.approx(0.25 + 0.75 * p)
+    base = model.base_image(lr)
+    assert torch.allclose(super_resolve(model, lr, steps=1, seed=0), base + gate * (full - base), atol=1e-5)
+    assert float(model.residual_gate(lr, {"clean": 0.0})) == pytest.approx(0.25)
+    assert float(model.residual_gate(lr, {"jpeg": 0.5})) == 1.0
+    assert float(model.residual_gate(lr, {"unknown": 0.0})) == pytest.approx(gate)

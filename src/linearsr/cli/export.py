@@ -18,8 +18,12 @@ from . import CONTEXT
 @click.option("--estimator", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Put this degradation estimator (`linearsr estimator train`'s file) into the folder, replacing "
                    "the one the run trained with.")
+@click.option("--clean-strength", type=click.FloatRange(0, 1), default=None,
+              help="Set the clean gate: the share of the generated residual kept on inputs the estimator reads as "
+                   "clean (calibrate it with benchmarks/clean_gate_sweep.py on validation crops).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | None, overwrite: bool) -> None:
+def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | None, clean_strength: float | None,
+           overwrite: bool) -> None:
     """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
     import torch
 
@@ -37,6 +41,10 @@ def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | Non
                                        f"is not params)")
         load_estimator(model, estimator)
         model.config.provenance["estimator"] = str(estimator)
+    if clean_strength is not None:
+        if model.estimator is None:
+            raise click.ClickException(f"{folder}: the clean gate needs a model with a degradation estimator")
+        model.config.clean_strength = clean_strength
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
     size = (out / "model.safetensors").stat().st_size

@@ -303,6 +303,7 @@ class LinearSR:
             out = super_resolve(model, lr, steps=s.steps, sampler=s.sampler, seed=seed, context=context,
                                 context_mask=mask, eta=s.eta, callback=report, velocity=velocity,
                                 condition=device_forward.condition(lr, s.degradation),
+                                gate=model.residual_gate(lr, s.degradation),
                                 strength=s.strength if model.base is not None else 1.0)  # no base: nothing to blend
         finally:
             for e, rows in zip(model.experts, saved):

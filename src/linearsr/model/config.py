@@ -72,6 +72,11 @@ class ModelConfig:
     # v0.3), or "params", the vector of the degradation parameters (degradation_kinds.PARAMS): the true one in
     # training, the degradation estimator's prediction from the whole LR image at inference.
     degradation_vector: str = "levels"
+    # The clean gate of a model with a degradation estimator: the share of the generated residual kept where
+    # the estimator reads the input as clean (plain bicubic), blended by its probability of "degraded" (1 keeps
+    # all of it everywhere: no gate). Calibrated on validation crops at export; a clean input is where the
+    # prior is already at its best, so a residual that cannot beat it is better left out.
+    clean_strength: float = 1.0
     # What the network outputs (see network.py): "preconditioned" (EDM-style: clean sample = analytic skip of
     # x_t + scaled network output), "clean" (plain x-prediction) or "velocity" (SANA's own). The first two
     # are converted to the velocity, so the loss is the paper's velocity MSE in every case.
@@ -117,6 +122,7 @@ class ModelConfig:
              "base_condition and base_trainable need a base (bicubic or span)")
         need(self.degradation_vector in ("levels", "params"),
              f"degradation_vector must be levels or params, not {self.degradation_vector!r}")
+        need(0.0 <= self.clean_strength <= 1.0, f"clean_strength must lie in [0, 1], not {self.clean_strength}")
         need(self.codec in ("pixel", "dcae"), f"codec must be pixel or dcae, not {self.codec!r}")
         need(self.codec_factor & (self.codec_factor - 1) == 0, "codec_factor must be a power of two")
         need(self.latent_channels > 0, "latent_channels must be set for a latent codec")

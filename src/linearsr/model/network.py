@@ -155,6 +155,24 @@ class LinearSRModel(nn.Module):
             extra["degradation"] = apply_override(vector, degradation_override, self.config.degradation_vector)
         return extra
 
+    @torch.no_grad()
+    def residual_gate(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None):
+        """The share of the generated residual to keep per image, (B, 1, 1, 1), or 1.0 without a gate:
+        clean_strength where the input is clean, 1 where it is degraded, blended by the estimator's
+        probability of "degraded". An override decides instead: "clean" (or every named value 0) means clean,
+        any other named value degraded, "unknown" leaves it to the estimator."""
+        if self.estimator is None or self.config.clean_strength == 1.0:
+            return 1.0
+        named = {k: v for k, v in (degradation_override or {}).items() if k != "unknown"}
+        if named:
+            degraded = float(any(v != 0 for k, v in named.items() if k != "clean"))
+            p = torch.full((lr.shape[0],), degraded, device=lr.device)
+        else:
+            param = next(self.estimator.parameters())
+            p = self.estimator.estimate(lr.to(param.device, param.dtype))[1].to(lr.device)
+        clean = self.config.clean_strength
+        return (clean + (1 - clean) * p).view(-1, 1, 1, 1)
+
     # ---- images <-> flow space ----------------------------------------------------------------------
     def upsample_lr(self, lr: torch.Tensor) -> torch.Tensor:
         """Bicubic enlargement of the LR image (in [-1, 1]) to the HR size (the colour-fix reference)."""
