@@ -87,17 +87,23 @@ def test_job_stops_between_steps_and_oversized_results_are_refused(tmp_path, tin
         run_upscale(pipe, src, tmp_path / "out", scale=8, max_output_pixels=1000)
 
 
-def test_old_results_are_pruned(tmp_path):
-    for i in range(7):
-        job = tmp_path / f"job-{i}"
-        job.mkdir()
-        (job / "a.png").write_bytes(b"x")
-        t = time.time() - 100 + i
-        import os
-        os.utime(job, (t, t))
-    prune_results(tmp_path, keep=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job-4", "job-5", "job-6"]
+def test_results_are_pruned_by_age_and_total_size_not_by_count(tmp_path):
+    """20 jobs in a busy minute all keep their files (the probe lost 16 download links to a keep-4 rule);
+    folders older than the age limit go, and the oldest go first when the total passes the byte budget."""
+    import os
 
+    now = time.time()
+    for i in range(22):
+        job = tmp_path / f"job-{i:02d}"
+        job.mkdir()
+        (job / "a.png").write_bytes(b"x" * 1000)
+        t = now - (7200 if i < 2 else 60 - i)  # two from two hours ago, then twenty from the last minute
+        os.utime(job, (t, t))
+    removed = prune_results(tmp_path, max_age_s=3600, max_bytes=10**6)
+    assert sorted(p.name for p in removed) == ["job-00", "job-01"]
+    assert len(list(tmp_path.iterdir())) == 20
+    removed = prune_results(tmp_path, max_age_s=3600, max_bytes=5500, keep=tmp_path / "job-02")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job-02", "job-18", "job-19", "job-20", "job-21"]
 
 
 @needs_gradio

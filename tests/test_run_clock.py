@@ -34,15 +34,15 @@ def test_the_budget_keeps_room_for_the_closing_validation():
 def test_validation_by_minutes_as_well_as_steps_and_never_back_to_back():
     now = FakeTime()
     clock = RunClock(config(validation={"every": 500, "every_minutes": 2}), now=now)
-    assert clock.validation_due(500, final=False, minutes_due=False)
-    assert not clock.minutes_due()
+    assert clock.validation_due(500, final=False) and not clock.validation_due(37, final=False)
     now.t += 121
-    assert clock.minutes_due() and clock.validation_due(37, final=False, minutes_due=True)
+    assert clock.minutes_due() and clock.validation_due(37, final=False)
+    assert not clock.validation_due(37, final=False, all_true=lambda flag: True)  # another rank: not yet
     clock.validated(37, seconds=5.0)
     assert not clock.minutes_due()
     # the closing validation right after one is skipped (fewer than every // 10 steps since)
-    assert not clock.validation_due(40, final=True, minutes_due=False)
-    assert clock.validation_due(87, final=True, minutes_due=False)
+    assert not clock.validation_due(40, final=True)
+    assert clock.validation_due(87, final=True)
 
 
 def test_a_resumed_run_remembers_its_last_validation(tmp_path):
@@ -50,7 +50,7 @@ def test_a_resumed_run_remembers_its_last_validation(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     clock = RunClock.for_run(config(max_minutes=3, validation={"every": 500}), tmp_path)
     assert (clock.last_step, clock.last_seconds) == (200, 73.0)
-    assert not clock.validation_due(201, final=True, minutes_due=False)  # was: validations at 200 and 201
+    assert not clock.validation_due(201, final=True)  # was: validations at 200 and 201
     assert RunClock.for_run(config(), tmp_path / "new").last_step is None
 
 

@@ -167,8 +167,8 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert len(r0) == 6 and r0 == r1  # bit-identical replicas after every step
     assert len(set(r0)) > 1  # and they did train
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "curves.png", "metrics.jsonl",
-                                                                   "snapshots", "state"]
+    files = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock")  # .lock: the run-folder lock
+    assert files == ["config.yaml", "curves.png", "metrics.jsonl", "snapshots", "state"]
 
 
 def test_tag_validation_scores_the_conditional_loss(tmp_path):

@@ -18,6 +18,7 @@ import errno
 import io
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,8 @@ class ImageError(ValueError):
 
 
 #: Decompression-bomb guard in pixels (width * height). Assign a new value to change the default
-#: used when ``load_image`` gets no ``max_pixels``; pass ``max_pixels=None`` for no limit.
+#: used when ``load_image`` gets no ``max_pixels``; pass ``max_pixels=None`` (or 0, as on the command line)
+#: for no limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -60,7 +62,7 @@ class LoadedImage:
 
 
 def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and width * height > max_pixels:
+    if max_pixels and width * height > max_pixels:  # None or 0: no limit (as --max-pixels 0)
         mp = lambda n: f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"  # noqa: E731
         raise ImageError(name, f"{width}x{height} = {mp(width * height)} exceeds the "
                                f"{mp(max_pixels)} limit (--max-pixels)")
@@ -100,7 +102,10 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
     Arrays may be uint8, uint16 (16-bit) or float/bool in [0, 1], shaped (H, W), (H, W, 1..4). Float
     arrays with NaN/inf or values outside [0, 1] (beyond ``FLOAT_SLACK``) are refused with ImageError.
     ``max_pixels`` defaults to the current ``DEFAULT_MAX_PIXELS``; files are checked from their
-    header before any pixel data is decoded. Animated files give their first frame.
+    header before any pixel data is decoded. Animated files give their first frame, with a warning
+    saying so. Float images (TIFF, PIL mode "F") follow the rule for float arrays: values in [0, 1] (within
+    ``FLOAT_SLACK``), anything else refused; 32-bit integer images (mode "I") must hold 16-bit values.
+    A colour profile that does not parse is dropped with a warning, never copied to the output.
     """
     if max_pixels is _UNSET:
         max_pixels = DEFAULT_MAX_PIXELS
@@ -117,8 +122,14 @@ def load_image(src, *, max_pixels: int | None = _UNSET) -> LoadedImage:  # type:
             raise _decode_error(filename or "<image>", exc) from None
 
     name = os.fspath(src)
-    with _opened(name, max_pixels) as im:
-        return _from_pil(_decode(im), im.format, name)  # inside: odd modes from odd files become one line too
+    with _opened(name, max_pixels) as im:  # inside: odd modes from odd files become one line too
+        if getattr(im, "is_animated", False):  # until animations go through the video path
+            warnings.warn(f"{name}: animated image; only its first frame is upscaled", UserWarning)
+        if _is_gray_alpha16(im):
+            icc = im.info.get("icc_profile")
+            im.tile = [im.tile[0]._replace(args="RGBA")]  # see _is_gray_alpha16
+            return _from_gray_alpha16(_decode(im), icc, name)
+        return _from_pil(_decode(im), im.format, name)
 
 
 def probe_image(src, *, max_pixels: int | None = _UNSET) -> tuple[int, int]:  # type: ignore[assignment]
@@ -165,21 +176,26 @@ def _decode(im: Image.Image) -> Image.Image:
         return im.copy()
 
 
-def _to_float(im: Image.Image) -> tuple[np.ndarray, int]:
+def _to_float(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
     if im.mode.startswith("I;16"):
         return np.asarray(im).astype(np.float32) / 65535.0, 16
-    if im.mode == "I":  # 16-bit data widened to int32 by some decoders
-        return np.clip(np.asarray(im), 0, 65535).astype(np.float32) / 65535.0, 16
-    if im.mode == "F":
+    if im.mode == "I":  # 16-bit data widened to int32 by some decoders (or a true 32-bit TIFF)
+        data = np.asarray(im)
+        lo, hi = int(data.min()), int(data.max())
+        if lo < 0 or hi > 65535:  # clipping would whiten (or blacken) the picture without a word
+            raise ImageError(name, f"32-bit integer pixels span [{lo}, {hi}]; only 0..65535 (16-bit) is "
+                                        f"supported: convert the image to 16 or 8 bits")
+        return data.astype(np.float32) / 65535.0, 16
+    if im.mode == "F":  # the rule for float arrays: [0, 1], NaN/inf and other ranges refused
         data = np.asarray(im, dtype=np.float32)
         if not np.isfinite(data).all():  # reported as corrupt data by load_image, never turned into black
             raise ValueError("float pixels hold NaN or infinite values")
-        return np.clip(data, 0, 1), 16
+        return _unit_floats(name, data), 16
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, 8
 
 
 def _from_pil(im: Image.Image, fmt: str | None, source: str | None) -> LoadedImage:
-    mode, icc, alpha = im.mode, im.info.get("icc_profile") or None, None
+    mode, icc, alpha = im.mode, _usable_icc(im.info.get("icc_profile"), source), None
     # Normalise every way of carrying transparency (palette entries, tRNS colour keys,
     # premultiplied modes) to a plain alpha plane.
     if mode in ("P", "PA"):
@@ -192,7 +208,7 @@ def _from_pil(im: Image.Image, fmt: str | None, source: str | None) -> LoadedIma
         alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
         im = im.convert(im.mode[:-1])
     if im.mode in _GRAY_MODES:
-        gray, depth = _to_float(im)
+        gray, depth = _to_float(im, source or "<image>")
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
     else:
         depth = 8
@@ -202,6 +218,43 @@ def _from_pil(im: Image.Image, fmt: str | None, source: str | None) -> LoadedIma
             icc, im = (icc if im.mode == "RGBX" else None), im.convert("RGB")
         rgb = np.asarray(im, dtype=np.float32) / 255.0
     return LoadedImage(np.ascontiguousarray(rgb), alpha, depth, mode, icc, fmt, source)
+
+
+def _usable_icc(icc: bytes | None, source: str | None) -> bytes | None:
+    """The profile when it is one (size field, 'acsp' signature, and littlecms can read it); else None with
+    a warning: a damaged profile copied to the output makes viewers show wrong colours or refuse the file."""
+    if not icc:
+        return None
+    ok = len(icc) >= 128 and int.from_bytes(icc[:4], "big") == len(icc) and icc[36:40] == b"acsp"
+    if ok:
+        try:
+            from PIL import ImageCms
+
+            ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        except ImportError:  # no littlecms in this Pillow: the header checks stand
+            pass
+        except Exception:  # noqa: BLE001  (littlecms raises several kinds for a bad profile)
+            ok = False
+    if not ok:
+        warnings.warn(f"{source or '<image>'}: its ICC colour profile is damaged; ignored (not copied to the output)",
+                      UserWarning)
+    return icc if ok else None
+
+
+def _is_gray_alpha16(im: Image.Image) -> bool:
+    """A 16-bit gray+alpha PNG, which PIL would decode to 8 bits. load_image reads it instead as 8-bit RGBA,
+    which has the same 4 bytes per pixel (so the same PNG unfiltering and interlacing): R, G are the gray's
+    high and low byte, B, A the alpha's; `_from_gray_alpha16` puts them back together."""
+    tiles = getattr(im, "tile", None) or []
+    return im.format == "PNG" and len(tiles) == 1 and tiles[0].args in ("LA;16B", ("LA;16B",))
+
+
+def _from_gray_alpha16(im: Image.Image, icc: bytes | None, source: str) -> LoadedImage:
+    raw = np.asarray(im).astype(np.uint16)
+    gray = ((raw[:, :, 0] << 8) | raw[:, :, 1]).astype(np.float32) / 65535.0
+    alpha = ((raw[:, :, 2] << 8) | raw[:, :, 3]).astype(np.float32) / 65535.0
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    return LoadedImage(np.ascontiguousarray(rgb), alpha, 16, "LA", _usable_icc(icc, source), "PNG", source)
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> Image.Image:

@@ -12,10 +12,13 @@ killed writer left.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +37,10 @@ def _quantize(x: np.ndarray, maxval: int, dtype) -> np.ndarray:
 def to_output_pil(rgb: np.ndarray, alpha: np.ndarray | None, *, like: LoadedImage) -> Image.Image:
     """Turn float RGB (+ optional alpha) back into a PIL image of the source's kind.
 
-    Gray sources give "L" ("I;16" when 16-bit and opaque; PIL has no 16-bit gray+alpha), colour
-    sources "RGB", and an ``alpha`` argument adds "A". PIL has no 16-bit RGB, so colour is 8-bit.
-    The result's ``info["icc_profile"]`` is ``like.icc_profile`` for ``save_image`` to pick up.
+    Gray sources give "L" ("I;16" when 16-bit and opaque), colour sources "RGB", and an ``alpha``
+    argument adds "A". PIL has no 16-bit RGB, so colour is 8-bit. PIL has no 16-bit gray+alpha mode either:
+    for a 16-bit source the "LA" image carries both planes at 16 bits in ``info[GRAY_ALPHA16]``, which
+    ``save_image`` writes to PNG at 16 bits. ``info["icc_profile"]`` is ``like.icc_profile``.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or (alpha is not None and alpha.shape != rgb.shape[:2]):
@@ -47,6 +51,8 @@ def to_output_pil(rgb: np.ndarray, alpha: np.ndarray | None, *, like: LoadedImag
         gray = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         if alpha is not None:
             img = Image.fromarray(_quantize(np.dstack([gray, alpha]), 255, np.uint8))  # "LA"
+            if like.bit_depth == 16:
+                img.info[GRAY_ALPHA16] = (_quantize(gray, 65535, np.uint16), _quantize(alpha, 65535, np.uint16))
         elif like.bit_depth == 16:
             img = Image.fromarray(_quantize(gray, 65535, np.uint16))  # "I;16"
         else:
@@ -57,6 +63,29 @@ def to_output_pil(rgb: np.ndarray, alpha: np.ndarray | None, *, like: LoadedImag
     if like.icc_profile:
         img.info["icc_profile"] = like.icc_profile
     return img
+
+
+#: Key of an "LA" image's info holding (gray, alpha) as uint16 planes, written to PNG at 16 bits.
+GRAY_ALPHA16 = "linearsr_gray_alpha16"
+
+
+def _png_gray_alpha16(img: Image.Image, params: dict) -> bytes | None:
+    """The PNG bytes of a 16-bit gray+alpha image (see to_output_pil), or None when `img` carries none.
+    PIL cannot write that colour type, but it writes 8-bit RGBA with the same 4 bytes per pixel: the planes
+    go in as (gray high, gray low, alpha high, alpha low) bytes and only the header's bit depth and colour
+    type (and its checksum) change."""
+    planes = img.info.get(GRAY_ALPHA16)
+    if img.mode != "LA" or planes is None or planes[0].shape != (img.height, img.width):
+        return None
+    gray, alpha = planes
+    packed = np.dstack([gray >> 8, gray & 255, alpha >> 8, alpha & 255]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(packed, "RGBA").save(buf, format="PNG", **params)
+    data = bytearray(buf.getvalue())
+    # the signature (8 bytes), then IHDR: length, type, width, height, bit depth (byte 24), colour type (25), ...
+    data[24], data[25] = 16, 4
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
 
 
 def _icc_fits(icc: bytes, mode: str) -> bool:
@@ -128,7 +157,11 @@ def save_image(img: Image.Image, path, *, format: str | None = None, overwrite: 
         raise ImageError(name, f"cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format=fmt, **params)
+            deep = _png_gray_alpha16(img, params) if fmt == "PNG" else None
+            if deep is not None:
+                fh.write(deep)
+            else:
+                img.save(fh, format=fmt, **params)
             fh.flush()
             os.fsync(fh.fileno())
         _commit(tmp, path, overwrite)

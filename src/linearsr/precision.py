@@ -78,6 +78,26 @@ def cuda_has_fast_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or one line saying why it cannot be used here (torch's own answer to a
+    missing GPU is an AssertionError from deep inside the first CUDA call)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r}: {' '.join(str(e).split())}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"
+            raise ValueError(f"device {device}: no CUDA GPU is usable here (torch {torch.__version__}, {build}); "
+                             f"use --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {device}: this machine has {count} CUDA GPU(s), numbered from 0")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device}: Apple's MPS is not available here; use --device cpu (or auto)")
+    return device
+
+
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
     """"auto" -> "bf16" or "fp32" for `device` (see the module doc); other choices are checked and returned."""
     if precision not in CHOICES:

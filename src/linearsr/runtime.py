@@ -1,5 +1,5 @@
 """Process-wide settings that decide CPU speed as much as the model does: the heap allocator and thread counts;
-and how our warnings to people are shown.
+how our warnings to people are shown; the stop signals of long-running commands.
 
 Allocator. glibc serves every allocation above its mmap threshold (dynamic, at most 32 MiB) with a fresh
 `mmap` and unmaps it on free. A forward allocates and frees activations of tens to hundreds of MiB layer
@@ -30,7 +30,9 @@ import ctypes
 import ctypes.util
 import math
 import os
+import signal as _signal
 import sys
+import threading
 import warnings
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameter numbers (malloc.h)
@@ -183,3 +185,36 @@ def tune_process() -> None:
     """Everything above, once, at the start of a CLI command."""
     tune_allocator()
     configure_threads()
+
+
+def catch_sigterm(callback):
+    """Call `callback()` on SIGTERM instead of dying (a long job then stops at a point of its choosing, with
+    its state saved). Returns the handler it replaced, for `signal.signal(signal.SIGTERM, previous)`; None
+    when not on the main thread, where Python cannot install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return _signal.signal(_signal.SIGTERM, lambda signum, frame: callback())
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM caught from now until `restore`, for a server's main thread to `wait` for (the web
+    page: its own wait, not Gradio's, which printed "Keyboard interruption in main thread" and took 10 s to
+    end on a `kill`). Main thread only, like every signal handler."""
+
+    def __init__(self) -> None:
+        self.event, self.name = threading.Event(), "SIGINT"
+        self.previous = {s: _signal.signal(s, self._caught) for s in (_signal.SIGINT, _signal.SIGTERM)}
+
+    def _caught(self, signum, frame) -> None:
+        self.name = _signal.Signals(signum).name
+        self.event.set()
+
+    def wait(self) -> str:
+        """Block until a signal came; its name."""
+        while not self.event.wait(0.5):
+            pass
+        return self.name
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            _signal.signal(s, handler)

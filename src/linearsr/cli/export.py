@@ -15,18 +15,36 @@ from . import CONTEXT
 @click.option("--pick", type=click.Choice(["knee", "best", "last"]), default="knee",
               help="For a run folder: which snapshot (the ESGF knee, the best validation PSNR, or the last).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", help="Stored weight type.")
+@click.option("--estimator", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Put this degradation estimator (`linearsr estimator train`'s file) into the folder, replacing "
+                   "the one the run trained with.")
+@click.option("--clean-strength", type=click.FloatRange(0, 1), default=None,
+              help="Set the clean gate: the share of the generated residual kept on inputs the estimator reads as "
+                   "clean (calibrate it with benchmarks/clean_gate_sweep.py on validation crops).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def export(source: Path, out: Path, pick: str, dtype: str, overwrite: bool) -> None:
+def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | None, clean_strength: float | None,
+           overwrite: bool) -> None:
     """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
     import torch
 
     from ..model.network import load_pretrained
+    from ..train.model_init import load_estimator
     from ..train.run_dir import RunDir
 
     run = RunDir(source)
     folder = _pick_snapshot(run, pick) if run.is_run() else source
     model = load_pretrained(folder)
     model.config.provenance = {**model.config.provenance, "exported_from": str(folder), "picked": pick}
+    if estimator is not None:
+        if model.estimator is None:
+            raise click.ClickException(f"{folder}: this model has no degradation estimator (degradation_vector "
+                                       f"is not params)")
+        load_estimator(model, estimator)
+        model.config.provenance["estimator"] = str(estimator)
+    if clean_strength is not None:
+        if model.estimator is None:
+            raise click.ClickException(f"{folder}: the clean gate needs a model with a degradation estimator")
+        model.config.clean_strength = clean_strength
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
     size = (out / "model.safetensors").stat().st_size
@@ -45,7 +63,10 @@ def _pick_snapshot(run, pick: str) -> Path:
         if step is None:
             raise click.ClickException(f"{run}: no knee yet; run `linearsr knee {run}` or use --pick best|last")
     elif pick == "best":
-        vals = [r for r in read_metrics(run, "val") if r["step"] in snaps]
+        vals = [r for r in read_metrics(run, "val") if r.get("step") in snaps
+                and isinstance(r.get("psnr"), (int, float)) and r["psnr"] == r["psnr"]]  # NaN is not a best
+        if not vals:
+            raise click.ClickException(f"{run}: no validation row with a psnr for any snapshot; use --pick knee|last")
         step = max(vals, key=lambda r: r["psnr"])["step"]
     else:
         step = max(snaps)

@@ -17,7 +17,7 @@ from . import CONTEXT
 def knee(run_dir: Path, metrics: tuple[str, ...]) -> None:
     """Find the knee (last checkpoint before validation metrics start to oscillate or decline); write
     knee.json and knee.png into the run folder."""
-    from ..train.esgf import update_knee
+    from ..train.esgf import has_knee, update_knee
     from ..train.run_dir import RunDir
 
     run = RunDir(run_dir)
@@ -30,7 +30,7 @@ def knee(run_dir: Path, metrics: tuple[str, ...]) -> None:
                    f"{result['reason']}")
         click.echo(f"wrote {run.knee} and {run.knee_plot}")
     else:
-        kept = " (it keeps the earlier knee)" if run.knee_step() is not None else ""
+        kept = " (it keeps the earlier knee)" if has_knee(run) else ""
         click.echo(f"no knee yet ({result['phase']}): {result['reason']}; wrote {run.knee}{kept} and {run.knee_plot}")
 
 

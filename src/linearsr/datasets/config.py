@@ -23,6 +23,9 @@ class DataConfig:
     degradation: str = "mixed"
     realistic_prob: float = 0.5  # for "mixed"
     workers: int = 1
+    # With a `degradation_vector: params` model: the share of samples whose degradation vector is hidden
+    # (NaN, the model's learned "unknown"), so the model also works blind, e.g. with `--degradation unknown`.
+    degradation_dropout: float = 0.15
     tags_file: str | None = None  # JSON {"tags": {path: [tags]}, "captions": {...}} (TAG conditioning)
     tag_mode: str = "tags"  # "tags" (one token per tag), "caption" (one sentence, the ablation), "none"
     tag_encoder: str = "minilm"  # or a model folder, or a precomputed cache (`linearsr data tag-cache`)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,11 +31,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..degradation_kinds import KINDS  # ("bicubic", "mild", "realistic"); kept torch-free for the CLI
-from .degradation_params import DegradationConfig, sample_realistic_params
+from .degradation_params import (MILD, DegradationConfig, degradation_vector, sample_mild_params,
+                                 sample_realistic_params)
 from .kernels import KERNEL_TYPES, blur_kernel, filter2d, sinc_kernel
 
-__all__ = ["KERNEL_TYPES", "DegradationConfig", "bicubic_downscale", "blur_kernel", "sinc_kernel",
-           "sample_realistic_params", "degrade"]  # the kernels and the parameters live in their own modules
+__all__ = ["KERNEL_TYPES", "MILD", "DegradationConfig", "Degraded", "bicubic_downscale", "blur_kernel",
+           "sinc_kernel", "sample_realistic_params", "degrade", "degrade_labelled"]  # the kernels and the parameters live in their own modules
 
 
 # ------------------------------------------------------------ image operations on (1, C, H, W) float32
@@ -144,25 +146,23 @@ def bicubic_downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return out[0] if hr.ndim == 3 else out
 
 
-# "mild": what most photos people upscale look like (a little soft, a little noisy, lightly compressed), in
-# between clean bicubic inputs and Real-ESRGAN's heavy second-order pipeline. Ranges from the restoration-prior
-# experiments (a SPAN fine-tune on this mix gained +0.84 dB on mild inputs where Real-ESRGAN's ranges hurt).
-MILD = dict(blur_sigma=(0.2, 1.6), noise_sigma=(0.0, 8.0), gray_noise_prob=0.4, jpeg_quality=(60, 95))
-
-
-def _mild(hr: torch.Tensor, scale: int, seed: int) -> torch.Tensor:
+def _mild(hr: torch.Tensor, scale: int, p: dict) -> torch.Tensor:
     """Gaussian blur (HR pixels), antialiased bicubic downscale, Gaussian noise (8-bit levels), JPEG."""
-    rng = np.random.default_rng(seed)
-    sigma = float(rng.uniform(*MILD["blur_sigma"]))
+    sigma = p["blur_sigma"]
     radius = max(1, math.ceil(3 * sigma))
     ax = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-0.5 * (ax / sigma) ** 2)
     x = filter2d(hr, (g[:, None] * g[None, :]) / g.sum() ** 2)
     x = bicubic_downscale(x, scale)
-    noise = {"type": "gaussian", "sigma": float(rng.uniform(*MILD["noise_sigma"])),
-             "gray": bool(rng.random() < MILD["gray_noise_prob"])}
-    x = _add_noise(x, noise, torch.Generator().manual_seed(int(rng.integers(2**31))))
-    return _quantize(_jpeg(x, int(rng.integers(MILD["jpeg_quality"][0], MILD["jpeg_quality"][1] + 1))))
+    x = _add_noise(x, p["noise"], torch.Generator().manual_seed(p["noise_seed"]))
+    return _quantize(_jpeg(x, p["jpeg"]))
+
+
+class Degraded(NamedTuple):
+    """An LR image and the degradation vector of what made it (degradation_params.degradation_vector)."""
+
+    lr: torch.Tensor
+    vector: torch.Tensor  # (len(PARAMS),) float32 in [0, 1]
 
 
 def degrade(
@@ -172,26 +172,31 @@ def degrade(
     seed: int = 0,
     config: DegradationConfig | None = None,
 ) -> torch.Tensor:
-    """Synthesize the LR input for an HR crop.
+    """Synthesize the LR input for an HR crop (`degrade_labelled` without the vector)."""
+    return degrade_labelled(hr, scale, kind, seed, config).lr
+
+
+def degrade_labelled(hr: torch.Tensor, scale: int, kind: str = "bicubic", seed: int = 0,
+                     config: DegradationConfig | None = None) -> Degraded:
+    """Synthesize the LR input for an HR crop, with the degradation vector of the parameters drawn.
 
     ``hr``: float ``(3, H, W)`` in [0, 1], H and W divisible by ``scale``. ``kind``: ``"bicubic"``
     (deterministic; ``seed`` and ``config`` ignored), ``"mild"`` (light blur, noise and JPEG; see MILD)
     or ``"realistic"`` (Real-ESRGAN second-order model with parameters from
-    :func:`sample_realistic_params`). Returns float ``(3, H // scale,
-    W // scale)`` in [0, 1] with ``hr``'s dtype; the realistic output lies on the 8-bit grid (k/255).
-    The same ``seed`` gives a bit-identical result; global RNG state is neither used nor changed.
+    :func:`sample_realistic_params`). The LR is float ``(3, H // scale, W // scale)`` in [0, 1] with
+    ``hr``'s dtype (the mild and realistic outputs lie on the 8-bit grid, k/255); the vector is all zeros
+    for bicubic. The same ``seed`` gives a bit-identical result; global RNG state is neither used nor changed.
     """
     if hr.ndim != 3 or hr.shape[0] != 3 or not hr.is_floating_point():
         raise ValueError(f"expected a float RGB tensor of shape (3, H, W), got {tuple(hr.shape)} {hr.dtype}")
-    if kind == "bicubic":
-        return bicubic_downscale(hr, scale)
     if kind not in KINDS:
         raise ValueError(f"unknown degradation kind {kind!r}; use {', '.join(KINDS)}")
-    _check_scale(hr.shape[1], hr.shape[2], scale)
-    if kind == "mild":
+    if kind == "bicubic":
+        lr, params = bicubic_downscale(hr, scale), None
+    else:
+        _check_scale(hr.shape[1], hr.shape[2], scale)
+        params = sample_mild_params(seed) if kind == "mild" else sample_realistic_params(seed, config)
+        run = _mild if kind == "mild" else _realistic
         with torch.no_grad():
-            return _mild(hr.detach().to(torch.float32).clamp(0, 1)[None], scale, seed)[0].to(hr.dtype)
-    params = sample_realistic_params(seed, config)
-    with torch.no_grad():
-        out = _realistic(hr.detach().to(torch.float32).clamp(0, 1)[None], scale, params)
-    return out[0].to(hr.dtype)
+            lr = run(hr.detach().to(torch.float32).clamp(0, 1)[None], scale, params)[0].to(hr.dtype)
+    return Degraded(lr, torch.tensor(degradation_vector(kind, params, scale), dtype=torch.float32))

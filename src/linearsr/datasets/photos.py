@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import DataConfig
-from .degradations import degrade
+from .degradations import degrade_labelled
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -90,8 +90,8 @@ class PhotoPool:
 
 
 def make_pair(img: np.ndarray, rng: np.random.Generator, crop: int, scale: int, kind: str,
-              augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random HR crop and its degraded LR, both (3, h, w) in [-1, 1]."""
+              augment: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random HR crop and its degraded LR, both (3, h, w) in [-1, 1], and the degradation vector."""
     h, w = img.shape[:2]
     y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
     patch = img[y:y + crop, x:x + crop]
@@ -100,8 +100,8 @@ def make_pair(img: np.ndarray, rng: np.random.Generator, crop: int, scale: int, 
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
     hr = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255
-    lr = degrade(hr, scale, kind=kind, seed=int(rng.integers(2**31)))
-    return hr * 2 - 1, lr * 2 - 1
+    lr, vector = degrade_labelled(hr, scale, kind=kind, seed=int(rng.integers(2**31)))
+    return hr * 2 - 1, lr * 2 - 1, vector
 
 
 def degradation_kind(cfg: DataConfig, rng: np.random.Generator) -> str:
@@ -117,7 +117,8 @@ def degradation_kind(cfg: DataConfig, rng: np.random.Generator) -> str:
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """Yields whole batches {"hr", "lr", "names", "step"} for steps start_step, start_step + 1, ..."""
+    """Yields whole batches {"hr", "lr", "degradation", "names", "step"} for steps start_step, start_step + 1,
+    ...; "degradation" is the (B, len(PARAMS)) vector of what made each LR image."""
 
     def __init__(self, pool: PhotoPool, cfg: DataConfig, scale: int, batch_size: int, seed: int,
                  rank: int = 0, start_step: int = 0) -> None:
@@ -125,14 +126,15 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.start_step = seed, rank, start_step
 
     def batch(self, step: int) -> dict:
-        hrs, lrs, names = [], [], []
+        hrs, lrs, vectors, names = [], [], [], []
         for k in range(self.batch_size):
             rng = np.random.default_rng(seed_for(self.seed, step, self.rank, k))
             i = int(rng.integers(len(self.pool)))
-            hr, lr = make_pair(self.pool.images[i], rng, self.cfg.crop_size, self.scale,
-                               degradation_kind(self.cfg, rng))
-            hrs.append(hr), lrs.append(lr), names.append(self.pool.names[i])
-        return {"hr": torch.stack(hrs), "lr": torch.stack(lrs), "names": names, "step": step}
+            hr, lr, vector = make_pair(self.pool.images[i], rng, self.cfg.crop_size, self.scale,
+                                       degradation_kind(self.cfg, rng))
+            hrs.append(hr), lrs.append(lr), vectors.append(vector), names.append(self.pool.names[i])
+        return {"hr": torch.stack(hrs), "lr": torch.stack(lrs), "degradation": torch.stack(vectors),
+                "names": names, "step": step}
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -146,16 +148,16 @@ class TrainStream(torch.utils.data.IterableDataset):
 def fixed_validation_set(pool: PhotoPool, cfg: DataConfig, scale: int, seed: int, multiple: int) -> dict:
     """`cfg.val_crops` crops from held-out photos, positions and degradations frozen by `seed`: the same
     set for every run and every resume, so curves are comparable. A mix cycles through its kinds."""
-    hrs, lrs, names, crop_kinds = [], [], [], []
+    hrs, lrs, vectors, names, crop_kinds = [], [], [], [], []
     kinds = list(cfg.degradation_mix())
     for k in range(cfg.val_crops):
         rng = np.random.default_rng(seed_for("val", seed, k))
         i = k % len(pool)
         kind = kinds[k % len(kinds)]
         size = min(cfg.val_crop_size, *pool.images[i].shape[:2]) // multiple * multiple
-        hr, lr = make_pair(pool.images[i], rng, size, scale, kind, augment=False)
-        hrs.append(hr), lrs.append(lr), names.append(pool.names[i]), crop_kinds.append(kind)
-    return {"hr": hrs, "lr": lrs, "names": names, "kinds": crop_kinds}
+        hr, lr, vector = make_pair(pool.images[i], rng, size, scale, kind, augment=False)
+        hrs.append(hr), lrs.append(lr), vectors.append(vector), names.append(pool.names[i]), crop_kinds.append(kind)
+    return {"hr": hrs, "lr": lrs, "degradation": vectors, "names": names, "kinds": crop_kinds}
 
 
 def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, PhotoPool]:
@@ -166,6 +168,9 @@ def build_data(cfg: DataConfig, scale: int, seed: int) -> tuple[PhotoPool, Photo
         val_root = Path(cfg.val_dir)
         train_files, val_files = files, list_images(val_root)
     else:
+        if cfg.val_holdout < 1:  # the empty validation pool would blame the training folder
+            raise ValueError("data.val_holdout is 0 and data.val_dir is not set: validation needs images; set "
+                             "data.val_holdout to 1 or more, or data.val_dir to a folder of validation photos")
         if len(files) <= cfg.val_holdout:
             # count what really decodes: a text file named x.png is not an image to train on
             readable = sum(1 for f in files if _header_ok(f))

@@ -34,7 +34,7 @@ from ..model.checkpoint import load_config
 from ..model.config import ModelConfig
 from ..model.network import LinearSRModel, load_pretrained
 from ..precision import AMP_DTYPES as PRECISIONS  # resolved precision name -> autocast dtype
-from ..precision import resolve_precision
+from ..precision import check_device, resolve_precision
 from .peers import bench_peers
 from .procinfo import PeakMemory, measurement_child, run_measurement, sync, timed
 
@@ -303,7 +303,7 @@ def run_bench(*, model: str | None = None, size: str | None = "small", sizes=(25
     log = log or (lambda _msg: None)
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    dev = torch.device(device)
+    dev = check_device(device)  # one line for a GPU this machine lacks, before any model is built
     precision = resolve_precision(precision, dev)  # auto: bf16 where bf16 matmuls are fast (precision.py)
     base = build_model(model, size, fake=True)
     with FakeTensorMode():

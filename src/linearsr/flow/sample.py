@@ -23,7 +23,7 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
                   seed: int = 0, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                   eta: float = 0.0, callback: Callback | None = None, velocity=None,
                   degradation_override: dict[str, float] | None = None, condition: dict | None = None,
-                  strength: float = 1.0) -> torch.Tensor:
+                  strength: float = 1.0, gate=None) -> torch.Tensor:
     """LR (B, 3, h, w) in [-1, 1] -> HR (B, 3, h * scale, w * scale), unclamped.
 
     `velocity` replaces `model` as the function the sampler calls (guidance and tiling wrappers); it gets
@@ -31,7 +31,9 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
     `model.condition`, computed once here. `sampler` names an entry of `samplers.SAMPLERS`; `eta` is passed
     to it as is (a deterministic sampler refuses eta != 0). `condition`: `model.condition(lr)` computed by
     the caller (e.g. under its autocast); `strength` scales the generated residual over the base (0 = the
-    base image alone, 1 = the model's output), for users who know their input is clean or badly degraded."""
+    base image alone, 1 = the model's output), for users who know their input is clean or badly degraded;
+    `gate`: the model's clean gate (`model.residual_gate`, computed here from the whole image when not given),
+    which multiplies it."""
     if strength != 1.0 and model.base is None:
         raise ValueError("strength needs a model with a base image (bicubic or span)")
     if sampler not in SAMPLERS:
@@ -46,4 +48,6 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
     # Stochastic steps draw from their own stream (seed + 1), independent of the initial noise above.
     z = SAMPLERS[sampler](velocity or model, x, ts, extra_args=extra, callback=callback,
                           generator=torch.Generator().manual_seed(seed + 1), eta=eta)
-    return model.decode(z * strength, lr, base=extra.get("base"))
+    if gate is None:
+        gate = model.residual_gate(lr, degradation_override)
+    return model.decode(z * (strength * gate), lr, base=extra.get("base"))

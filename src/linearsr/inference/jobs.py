@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,11 @@ from .pipeline import output_size
 MB = 2**20
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole linearsr package
 PRESET_CHOICES = list(PRESETS)  # offered on the page; the API also takes the alias "default" (= fidelity)
-KEEP_RESULTS = 4  # finished jobs whose files stay on disk (the page shows the latest; older ones are pruned)
+# Finished jobs stay on disk until they are an hour old (Gradio's own cache lifetime, `delete_cache`) or until
+# all of them together pass the byte budget (oldest go first): never because of how many others ran since,
+# so a user's download link outlives a busy hour of other people's jobs.
+KEEP_RESULTS_SECONDS = 3600.0
+KEEP_RESULTS_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class Limits:
     tags_chars: int = 1000
     output_pixels: int = 64_000_000   # the result's size: a 16 MP upload at x8 would be 1 GP
     job_seconds: float = 600.0        # wall-clock bound of one job; it stops at the next sampling step
+    body_idle_seconds: float = 15.0   # a request body silent this long is refused (408): see request_guard.py
+    body_seconds: float = 300.0       # and one not complete after this long (20 MB at 70 kB/s)
 
 
 LIMITS = Limits()
@@ -132,14 +139,33 @@ def check_request(*, scale, preset, steps, guidance, tags, seed, color_fix, stre
                 preset=preset, color_fix=color_fix, tags=tags or None)
 
 
-def prune_results(results: Path, keep: int = KEEP_RESULTS) -> None:
-    """Remove all but the newest `keep` job folders: a long-running server must not grow on disk."""
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def prune_results(results: Path, max_age_s: float = KEEP_RESULTS_SECONDS, max_bytes: int = KEEP_RESULTS_BYTES,
+                  keep: Path | None = None) -> list[Path]:
+    """Remove job folders older than `max_age_s`, then the oldest until all together fit in `max_bytes`: a
+    long-running server must not grow on disk. `keep` (the job just finished) is never removed. Returns the
+    folders removed."""
     try:
         jobs = sorted((p for p in results.glob("job-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    except OSError:
-        return
-    for old in jobs[:-keep] if keep > 0 else jobs:
-        shutil.rmtree(old, ignore_errors=True)
+        sizes = {p: _folder_bytes(p) for p in jobs}
+    except OSError:  # a folder removed meanwhile (another prune): next time
+        return []
+    now, total, removed = time.time(), sum(sizes.values()), []
+    for job in jobs:
+        if keep is not None and job == Path(keep):
+            continue
+        try:
+            old = now - job.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if old or total > max_bytes:
+            shutil.rmtree(job, ignore_errors=True)
+            total -= sizes[job]
+            removed.append(job)
+    return removed
 
 
 def run_upscale(pipe, image, out_dir, settings: SamplingSettings | None = None, *, name: str | None = None,
@@ -159,7 +185,9 @@ def run_upscale(pipe, image, out_dir, settings: SamplingSettings | None = None, 
     if overrides.get("preset") in ("", "none"):
         overrides["preset"] = None
     settings = settings_from(settings, **overrides)  # bad settings fail here, before the upload is decoded
-    loaded = load_upload(path, name, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    with warnings.catch_warnings(record=True) as caught:  # notes of the load (an animation, a bad profile) too
+        warnings.simplefilter("always")
+        loaded = load_upload(path, name, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     h, w = loaded.rgb.shape[:2]
     tw, th = output_size(w, h, scale, None, pipe.model.config.scale)
     if max_output_pixels and tw * th > max_output_pixels:
@@ -177,11 +205,13 @@ def run_upscale(pipe, image, out_dir, settings: SamplingSettings | None = None, 
         stop_check()  # raising here unwinds the sampler: the job slot is free at once
 
     stop_check()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as running:
         warnings.simplefilter("always")
         rgb, alpha = pipe.enhance_arrays(loaded.rgb, loaded.alpha, settings, scale=scale, progress=step_done)
-    # only our own warnings (tags ignored, encoder missing...): other threads' warnings land here too
-    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught if _ours(w.filename)))
+    # only our own warnings (tags ignored, encoder missing...): other threads' warnings land here too; the
+    # upload's temporary path is replaced by the name the user knows
+    notes = list(dict.fromkeys(" ".join(str(w.message).replace(str(path), name).split())
+                               for w in caught + running if _ours(w.filename)))
     result = imagesave.to_output_pil(rgb, alpha, like=loaded)
     before, after = _write_job(out_dir, name, loaded, result, scale, pipe.model.config.scale)
     used = _settings_used(pipe, settings, name, loaded, result, scale, model_label)

@@ -36,7 +36,7 @@ from .. import imageio, runtime
 from ..flow.guidance import guided_velocity
 from ..flow.sample import super_resolve
 from ..model.network import LinearSRModel
-from ..precision import AMP_DTYPES, resolve_precision
+from ..precision import AMP_DTYPES, check_device, resolve_precision
 from ..settings import SamplingSettings, settings_from
 from ..tags import TAG_DIM, load_tag_encoder, missing_tag_packages
 from . import image_kinds
@@ -52,13 +52,14 @@ PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resol
 # (16 MP peak RSS 3.3 GB instead of 4.7 GB). The result is the same (the band carries its halo rows).
 CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
+MIN_LR_SIDE = 3  # smaller inputs are padded (edge repeated) to this before a pass, and cropped after
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = cuda if available, else mps, else cpu."""
+    """"auto" = cuda if available, else mps, else cpu; a device this machine lacks is a one-line ValueError."""
     if str(device) != "auto":
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -97,6 +98,23 @@ def output_size(w: int, h: int, scale: float | None, long_side: int | None, nati
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(f"scale must be a positive number, got {scale}")
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+#: Host bytes per output pixel while a result is finished: float RGB of the last pass and of its resize, the
+#: float alpha, the 8-bit image and its encoder's buffer.
+OUTPUT_BYTES_PER_PIXEL = 32
+
+
+def check_output_fits(width: int, height: int, available: int | None = None) -> None:
+    """ValueError (one line, naming the size) when a width x height result cannot be held in the memory
+    available now (`available` bytes; default: this machine's). The model's own work is tiled to fit, the
+    finished image is not, so `--scale 1e9` is refused here instead of after minutes of work."""
+    available = available_memory(torch.device("cpu")) if available is None else available
+    need = width * height * OUTPUT_BYTES_PER_PIXEL
+    if need > available:
+        raise ValueError(f"the result would be {width}x{height} = {width * height / 1e6:.4g} MP, needing about "
+                         f"{need / 2**30:.4g} GiB; {available / 2**30:.1f} GiB of memory is available; choose a "
+                         f"smaller scale or long side")
 
 
 def count_passes(factor: float, native: int) -> int:
@@ -206,7 +224,8 @@ class LinearSR:
         tags="cat, grass", strength=0.5, ... any `SamplingSettings` field) change it for this call and are
         validated the same way. scale: overall factor (any positive number, default the model's native one);
         long_side: pixels of the longer output side (exclusive with scale). progress: callable(done_steps,
-        total_steps). max_pixels: refuse larger inputs (decompression-bomb guard; None = no limit)."""
+        total_steps). max_pixels: refuse larger inputs (decompression-bomb guard; None or 0 = no limit). A
+        result too large for the memory available (`check_output_fits`) is refused before any work."""
         loaded = image_kinds.load_any(image, max_pixels)
         rgb, alpha = self.enhance_arrays(loaded.rgb, loaded.alpha, settings, scale=scale, long_side=long_side,
                                          progress=progress, **overrides)
@@ -219,9 +238,10 @@ class LinearSR:
         `settings`, `overrides`, `scale`, `long_side`, `progress`: as for `enhance`."""
         s = settings_from(settings, **overrides)
         native = self.model.config.scale
-        _check_input(rgb)
+        rgb, alpha = image_kinds.check_arrays(rgb, alpha)
         h, w = rgb.shape[:2]
         tw, th = output_size(w, h, scale, long_side, native)
+        check_output_fits(tw, th)  # before any work: a result that cannot be held is refused now
         passes = count_passes(max(tw / w, th / h), native)
         context, mask = self._encode_tags(list(s.tags))
         budget = s.memory_budget or int(available_memory(self.device) * MEMORY_FRACTION.get(self.device.type, 0.5))
@@ -259,7 +279,8 @@ class LinearSR:
         h, w = rgb.shape[:2]
         lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
         unit = cfg.multiple // math.gcd(cfg.multiple, cfg.scale)  # LR multiple giving an HR multiple
-        pad_h, pad_w = (-h) % unit, (-w) % unit
+        # at least MIN_LR_SIDE (the degradation estimator's 3x3 filters), then a multiple of `unit`
+        pad_h, pad_w = (_padded(n, unit) - n for n in (h, w))
         if pad_h or pad_w:  # reflect needs pad < size; tiny images repeat their edge instead
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             lr = F.pad(lr, (0, pad_w, 0, pad_h), mode=mode)
@@ -282,6 +303,7 @@ class LinearSR:
             out = super_resolve(model, lr, steps=s.steps, sampler=s.sampler, seed=seed, context=context,
                                 context_mask=mask, eta=s.eta, callback=report, velocity=velocity,
                                 condition=device_forward.condition(lr, s.degradation),
+                                gate=model.residual_gate(lr, s.degradation),
                                 strength=s.strength if model.base is not None else 1.0)  # no base: nothing to blend
         finally:
             for e, rows in zip(model.experts, saved):
@@ -371,12 +393,6 @@ class LinearSR:
             return None
 
 
-def _check_input(rgb) -> None:
-    """enhance_arrays takes float RGB in [0, 1]; an empty or non-finite array is a caller's mistake, said in
-    one line (an empty one used to end in ZeroDivisionError)."""
-    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be a float array (H, W, 3), got {getattr(rgb, 'shape', type(rgb).__name__)}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
-    if not np.isfinite(rgb).all():
-        raise ValueError("rgb holds NaN or infinite values")
+def _padded(n: int, unit: int) -> int:
+    n = max(n, MIN_LR_SIDE)
+    return n + (-n) % unit

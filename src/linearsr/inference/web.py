@@ -20,7 +20,8 @@ Design notes:
   against `LIMITS`, the same object the page's controls are built from, and `LIMITS` itself is read from the
   settings' definitions (`settings.KNOBS[...].page`): the HTTP API cannot ask for more than the page offers. A job also stops when its client goes away (page closed, API call cancelled), when it runs
   past `max_job_seconds`, or when the server stops; the pipeline's per-step callback is where it checks.
-  Every refusal is a one-line message shown in the page (gr.Error). One job at a time: the queue runs the
+  Every refusal is a one-line message shown in the page (gr.Error). Request bodies that stop arriving are
+  answered 408 and an upload the client abandons is one console line (`request_guard.py`). One job at a time: the queue runs the
   model's events (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
 * The page: input image, scale, preset (pre-fills steps, guidance and colour fix, which stay editable), tags
   (pre-filled by the tagger plug-in when one is configured), seed, strength (models with a base image only);
@@ -36,7 +37,6 @@ import inspect
 import json
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -46,6 +46,7 @@ from typing import Callable
 
 from PIL import Image
 
+from ..runtime import StopSignals
 from ..settings import COLOR_FIXES, SamplingSettings
 from ..tags import load_tagger, parse_tags
 from .jobs import (LIMITS, MB, PRESET_CHOICES, JobStopped, Limits, UpscaleResult, _bytes, _pixels, _to_uint8,
@@ -234,6 +235,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Sampling", unit="steps")
 
+        r = None
         try:
             with server.busy:
                 r = run_upscale(server.pipe, path, server.results, name=name, max_upload_bytes=server.max_bytes,
@@ -242,7 +244,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
             raise gr.Error(_one_line(e), print_exception=False) from None
         finally:
-            prune_results(server.results)
+            prune_results(server.results, keep=r.after.parent if r is not None else None)
         for note in r.notes:
             gr.Warning(note)
         w, h = r.size
@@ -316,30 +318,6 @@ class _ClientWatch:
         return self.seen  # seen running before, no longer among the active jobs: cancelled
 
 
-class _StopSignals:
-    """Ctrl-C and SIGTERM, caught from just before the port opens (a `kill` right after the start is not
-    lost) until `restore`. Our own wait, not Gradio's: Gradio's prints "Keyboard interruption in main
-    thread" and a `kill` took 10 s to end the server."""
-
-    def __init__(self) -> None:
-        self.event, self.name = threading.Event(), "SIGINT"
-        self.previous = {s: signal.signal(s, self._caught) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _caught(self, signum, frame) -> None:
-        self.name = signal.Signals(signum).name
-        self.event.set()
-
-    def wait(self) -> str:
-        """Block until a signal came; its name."""
-        while not self.event.wait(0.5):
-            pass
-        return self.name
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
 def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           max_upload_mb: float | None = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = DEFAULT_MAX_PIXELS,
           tagger: str | Callable | None = None, block: bool = True, quiet: bool = False,
@@ -363,12 +341,12 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
         wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=True,
                       prevent_thread_lock=own_wait or not block,
                       max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
-                      ssr_mode=False, mcp_server=False, pwa=False, show_error=True)
+                      ssr_mode=False, mcp_server=False, pwa=False, show_error=True, app_kwargs=_guarded(limits))
         accepted = inspect.signature(demo.launch).parameters
         if not quiet:
             shown = "localhost" if host in ("127.0.0.1", "::1") else host
             print(f"LinearSR page on http://{shown}:{int(port)} (Ctrl-C to stop)", flush=True)
-        signals = _StopSignals() if own_wait else None
+        signals = StopSignals() if own_wait else None
         demo.launch(**{k: v for k, v in wanted.items() if k in accepted})
         if signals is not None:
             why = signals.wait()  # Ctrl-C or `kill`: one line, then the same clean stop
@@ -387,6 +365,15 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
         demo.close(**({"verbose": False} if "verbose" in inspect.signature(demo.close).parameters else {}))
         shutil.rmtree(workdir, ignore_errors=True)
     return demo
+
+
+def _guarded(limits: Limits) -> dict:
+    """FastAPI settings that put `RequestGuard` (request-body timeouts, one line per aborted upload) in front."""
+    from starlette.middleware import Middleware
+
+    from .request_guard import RequestGuard
+
+    return {"middleware": [Middleware(RequestGuard, idle_s=limits.body_idle_seconds, total_s=limits.body_seconds)]}
 
 
 def _stop_jobs(demo, wait_s: float = 30.0) -> None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..degradation_kinds import LEVELS as DEGRADATION_NAMES
+from ..degradation_kinds import LEVELS, PARAMS
 from .blocks import LinearSRBlock, modulate
 from .config import ModelConfig
 from .stem import LRStem
@@ -71,8 +71,10 @@ class LinearSRBackbone(nn.Module):
                                      c.patch_size)
         self.time_embed = TimestepEmbedder(dim)
         if c.degradation_condition:  # added to the timestep embedding, so it modulates every block
-            self.degradation_embed = nn.Sequential(nn.Linear(len(DEGRADATION_NAMES), dim), nn.SiLU(),
-                                                   nn.Linear(dim, dim))
+            names = PARAMS if c.degradation_vector == "params" else LEVELS
+            self.degradation_embed = nn.Sequential(nn.Linear(len(names), dim), nn.SiLU(), nn.Linear(dim, dim))
+            if c.degradation_vector == "params":  # stands in for NaN entries: "unknown" (blind inputs, dropout)
+                self.degradation_unknown = nn.Parameter(torch.zeros(len(names)))
         self.time_mod = nn.Linear(dim, 6 * dim)  # adaLN-single: one table shared by every block
         if c.cross_attention:
             self.caption_projection = CaptionProjection(c.cond_dim, dim)
@@ -138,8 +140,8 @@ class LinearSRBackbone(nn.Module):
                 base_latent: torch.Tensor | None = None, degradation: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, h, w) noisy grid; t: (B,) or scalar in [0, 1]; lr: (B, 3, H/scale, W/scale) in [-1, 1];
         context: (B, L, cond_dim) tag embeddings or None for the null tokens; context_mask: (B, L) bool;
-        base_latent: (B, C, h, w) codec(x_base) when `base_condition`; degradation: (B, 3) levels when
-        `degradation_condition` (both supplied by `LinearSRModel`)."""
+        base_latent: (B, C, h, w) codec(x_base) when `base_condition`; degradation: (B, 3) levels or
+        (B, len(PARAMS)) vector (NaN = unknown) when `degradation_condition` (both supplied by `LinearSRModel`)."""
         b, _, h, w = x.shape
         p = self.config.patch_size
         if h % p or w % p:
@@ -164,6 +166,9 @@ class LinearSRBackbone(nn.Module):
         if self.config.degradation_condition:
             if degradation is None:
                 raise ValueError("this backbone is conditioned on the degradation level: pass degradation")
+            if self.config.degradation_vector == "params":
+                degradation = torch.where(torch.isnan(degradation), self.degradation_unknown.to(degradation.dtype),
+                                          degradation)
             t_emb = t_emb + self.degradation_embed(degradation.to(tokens.dtype)).to(t_emb.dtype)
         t_mod = self.time_mod(F.silu(t_emb))
         if self.config.cross_attention:

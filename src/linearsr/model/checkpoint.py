@@ -10,6 +10,7 @@ untrusted file can run arbitrary code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -76,8 +77,20 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, o
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
         model.config.save(tmp / CONFIG_NAME)
 
-    atomic_dir(path, write)
+    try:
+        atomic_dir(path, write)
+    except (OSError, SafetensorError) as e:  # a full disk: the old folder (if any) is still in place
+        raise CheckpointError(f"{path}: not written ({write_failure(e)})") from None
     return path
+
+
+def write_failure(exc: BaseException) -> str:
+    """One line for a failed write of weights or state: a full disk says so in plain words (safetensors
+    reports it as an IoError debug string)."""
+    text = " ".join(str(exc).split())
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text:
+        return "no space left on device"
+    return getattr(exc, "strerror", None) or text or type(exc).__name__
 
 
 def load_config(path: str | Path) -> ModelConfig:
@@ -113,9 +126,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def model_tensors(model) -> dict[str, torch.Tensor]:
-    """What a model folder stores: the experts' weights and, for a learned base (SPAN), the base's, so that
-    a fine-tuned prior travels with its model. The bicubic base has none."""
-    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base."))}
+    """What a model folder stores: the experts' weights, for a learned base (SPAN) the base's, so that a
+    fine-tuned prior travels with its model (the bicubic base has none), and the degradation estimator's."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(("experts.", "base.", "estimator."))}
 
 
 def refuse_pickle(path: Path) -> None:

@@ -68,6 +68,15 @@ class ModelConfig:
     # Condition on the input's estimated degradation (noise, blur, JPEG blockiness; degradation_level.py),
     # so that clean inputs can keep the prior's output and degraded ones get the full correction.
     degradation_condition: bool = False
+    # What that condition is: "levels", three hand-made blind estimates (degradation_level.py, models up to
+    # v0.3), or "params", the vector of the degradation parameters (degradation_kinds.PARAMS): the true one in
+    # training, the degradation estimator's prediction from the whole LR image at inference.
+    degradation_vector: str = "levels"
+    # The clean gate of a model with a degradation estimator: the share of the generated residual kept where
+    # the estimator reads the input as clean (plain bicubic), blended by its probability of "degraded" (1 keeps
+    # all of it everywhere: no gate). Calibrated on validation crops at export; a clean input is where the
+    # prior is already at its best, so a residual that cannot beat it is better left out.
+    clean_strength: float = 1.0
     # What the network outputs (see network.py): "preconditioned" (EDM-style: clean sample = analytic skip of
     # x_t + scaled network output), "clean" (plain x-prediction) or "velocity" (SANA's own). The first two
     # are converted to the velocity, so the loss is the paper's velocity MSE in every case.
@@ -97,6 +106,11 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"invalid model config: {msg}")
 
+        for name in ("depth", "width", "heads", "cross_heads", "stem_channels", "codec_factor", "patch_size",
+                     "cond_dim", "num_null_tokens"):  # before any division by them
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1, f"{name} must be a whole number >= 1, not {value!r}")
+        need(self.mlp_ratio > 0, f"mlp_ratio must be positive, not {self.mlp_ratio!r}")
         need(self.width % self.heads == 0, f"width {self.width} is not divisible by heads {self.heads}")
         need(self.width % self.cross_heads == 0, f"width {self.width} not divisible by cross_heads {self.cross_heads}")
         need(self.attention in ("linear", "softmax"), f"attention must be linear or softmax, not {self.attention!r}")
@@ -106,6 +120,9 @@ class ModelConfig:
         need(self.base in BASES, f"base must be one of {', '.join(BASES)}, not {self.base!r}")
         need(not (self.base == "none" and (self.base_condition or self.base_trainable)),
              "base_condition and base_trainable need a base (bicubic or span)")
+        need(self.degradation_vector in ("levels", "params"),
+             f"degradation_vector must be levels or params, not {self.degradation_vector!r}")
+        need(0.0 <= self.clean_strength <= 1.0, f"clean_strength must lie in [0, 1], not {self.clean_strength}")
         need(self.codec in ("pixel", "dcae"), f"codec must be pixel or dcae, not {self.codec!r}")
         need(self.codec_factor & (self.codec_factor - 1) == 0, "codec_factor must be a power of two")
         need(self.latent_channels > 0, "latent_channels must be set for a latent codec")

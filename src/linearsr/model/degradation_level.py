@@ -24,7 +24,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..degradation_kinds import LEVELS as NAMES  # the order of the (B, 3) levels tensor
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -88,12 +87,3 @@ def estimate_degradation(lr: torch.Tensor) -> torch.Tensor:
     grey = _grey255(lr)
     levels = torch.stack([noise_level(grey), blur_level(grey), jpeg_level(grey)], dim=1)
     return levels.clamp(0, 4)
-
-
-def apply_override(levels: torch.Tensor, override: dict[str, float] | None) -> torch.Tensor:
-    if not override:
-        return levels
-    levels = levels.clone()
-    for name, value in override.items():
-        levels[:, NAMES.index(name)] = value
-    return levels

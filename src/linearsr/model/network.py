@@ -13,7 +13,9 @@ bicubic enlargement (paper-faithful research default), SPAN, a pretrained restor
 default), or nothing (`base="none"`, the flow generates codec(HR) itself). With the preconditioned
 parameterisation and a zero-initialised output, an untrained model's one-step sample is exactly x_base.
 The LR image always enters through the stem; with `base_condition` the backbone also sees codec(x_base), and
-with `degradation_condition` the LR image's estimated degradation levels (degradation_level.py).
+with `degradation_condition` a degradation vector: the hand-made levels (degradation_level.py) or, with
+`degradation_vector: params`, the parameters of the degradation, which training knows and passes in and
+which the model's own degradation estimator (degradation_estimator.py) predicts from the whole LR image.
 `condition` computes both once per image; `encode_target` and `decode` are the only two places that know
 about the base.
 """
@@ -28,12 +30,14 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .backbone import LinearSRBackbone
+from ..degradation_kinds import LEVELS, PARAMS, UNKNOWN, WHOLE
 from .base import build_base
 from .checkpoint import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config, model_folder, model_tensors,
                          read_weights, save_pretrained)
 from .codec import Codec, PixelCodec
 from .config import ModelConfig
-from .degradation_level import apply_override, estimate_degradation
+from .degradation_estimator import DegradationEstimator
+from .degradation_level import estimate_degradation
 from .preconditioning import build_parameterisation
 
 
@@ -47,9 +51,24 @@ class LinearSRModel(nn.Module):
         self.experts = nn.ModuleList(LinearSRBackbone(config) for _ in range(config.num_experts))
         self.parameterisation = build_parameterisation(config)  # network output -> velocity
         self.base = build_base(config)
+        # The estimator is frozen in flow training (it is trained on its own, `linearsr estimator train`) and
+        # stored in the model folder with the experts, so a folder carries everything inference needs.
+        self.estimator = DegradationEstimator() if self.uses_estimator else None
+        if self.estimator is not None:
+            self.estimator.requires_grad_(False)
         self.register_buffer("boundaries", torch.tensor(config.expert_boundaries, dtype=torch.float64),
                              persistent=False)
         self.lean_device: torch.device | None = None  # see `set_lean`
+
+    @property
+    def uses_estimator(self) -> bool:
+        return self.config.degradation_condition and self.config.degradation_vector == "params"
+
+    def train(self, mode: bool = True) -> "LinearSRModel":
+        super().train(mode)
+        if self.estimator is not None:  # frozen: never in training mode
+            self.estimator.eval()
+        return self
 
     # ---- routing -------------------------------------------------------------------------------------
     def expert_index(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -95,7 +114,7 @@ class LinearSRModel(nn.Module):
         if self.config.base_condition:
             extra["base_latent"] = self.codec.encode(self.base_image(lr) if base is None else base.to(lr.dtype))
         if self.config.degradation_condition:
-            extra["degradation"] = estimate_degradation(lr) if degradation is None else degradation
+            extra["degradation"] = self.estimate_degradation(lr) if degradation is None else degradation
         return extra
 
     def _route(self, x, t, lr, context, context_mask, extra) -> torch.Tensor:
@@ -114,16 +133,45 @@ class LinearSRModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def condition(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None) -> dict:
-        """What the sampler passes to every forward besides lr: the base image and the degradation levels
-        (each only when this model uses it), computed once per image. `degradation_override` replaces
-        estimated levels by name (see degradation_level.parse_degradation)."""
+    def estimate_degradation(self, lr: torch.Tensor) -> torch.Tensor:
+        """The degradation condition of LR images in [-1, 1]: (B, 3) levels or (B, len(PARAMS)) vector."""
+        if self.estimator is None:
+            return estimate_degradation(lr)
+        param = next(self.estimator.parameters())
+        return self.estimator.predict(lr.to(param.device, param.dtype)).to(lr.device)
+
+    @torch.no_grad()
+    def condition(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None,
+                  known: torch.Tensor | None = None) -> dict:
+        """What the sampler passes to every forward besides lr: the base image and the degradation vector
+        (each only when this model uses it), computed once per image. `known`: the true vector where the
+        caller has it (training, validation) instead of the estimate; `degradation_override` replaces
+        values by name (see degradation_kinds.parse_degradation)."""
         extra = {}
         if self.base is not None:
             extra["base"] = self.base_image(lr)
         if self.config.degradation_condition:
-            extra["degradation"] = apply_override(estimate_degradation(lr), degradation_override)
+            vector = self.estimate_degradation(lr) if known is None else known.to(lr.device, torch.float32)
+            extra["degradation"] = apply_override(vector, degradation_override, self.config.degradation_vector)
         return extra
+
+    @torch.no_grad()
+    def residual_gate(self, lr: torch.Tensor, degradation_override: dict[str, float] | None = None):
+        """The share of the generated residual to keep per image, (B, 1, 1, 1), or 1.0 without a gate:
+        clean_strength where the input is clean, 1 where it is degraded, blended by the estimator's
+        probability of "degraded". An override decides instead: "clean" (or every named value 0) means clean,
+        any other named value degraded, "unknown" leaves it to the estimator."""
+        if self.estimator is None or self.config.clean_strength == 1.0:
+            return 1.0
+        named = {k: v for k, v in (degradation_override or {}).items() if k != "unknown"}
+        if named:
+            degraded = float(any(v != 0 for k, v in named.items() if k != "clean"))
+            p = torch.full((lr.shape[0],), degraded, device=lr.device)
+        else:
+            param = next(self.estimator.parameters())
+            p = self.estimator.estimate(lr.to(param.device, param.dtype))[1].to(lr.device)
+        clean = self.config.clean_strength
+        return (clean + (1 - clean) * p).view(-1, 1, 1, 1)
 
     # ---- images <-> flow space ----------------------------------------------------------------------
     def upsample_lr(self, lr: torch.Tensor) -> torch.Tensor:
@@ -172,6 +220,27 @@ class LinearSRModel(nn.Module):
         return save_pretrained(self, path, dtype=dtype, overwrite=overwrite)
 
 
+def apply_override(vector: torch.Tensor, override: dict[str, float] | None, kind: str) -> torch.Tensor:
+    """Replace estimated entries by name; "clean" sets the whole vector to 0 and "unknown" to NaN (the
+    model's learned unknown value) before the named entries apply. A name the model does not use is one line."""
+    if not override:
+        return vector
+    names = PARAMS if kind == "params" else LEVELS
+    for name, value in override.items():
+        if name not in names and name not in WHOLE:
+            raise ValueError(f"degradation override {name!r}: this model's degradation names are {', '.join(names)}")
+        if kind != "params" and (name == "unknown" or value != value):
+            raise ValueError(f"degradation override {name!r}: this model has no 'unknown' value (it was trained "
+                             f"on the hand-made levels {', '.join(LEVELS)})")
+    vector = vector.clone()
+    for name in set(override) & set(WHOLE):  # the whole vector first, then the named entries
+        vector[:] = 0.0 if name == "clean" else UNKNOWN
+    for name, value in override.items():
+        if name not in WHOLE:  # the vector's entries lie in [0, 1]; the hand-made levels in [0, 4]
+            vector[:, names.index(name)] = min(value, 1.0) if kind == "params" and value == value else value
+    return vector
+
+
 def build_codec(config: ModelConfig) -> Codec:
     """The codec a `ModelConfig` asks for: pixel-unshuffle (codec.py) or SANA's DC-AE (latent.py)."""
     if config.codec == "pixel":
@@ -195,9 +264,10 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
     file = folder / WEIGHTS_NAME
     try:
         with safe_open(str(file), framework="pt") as fh:  # reads the header only
-            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base."))}
+            found = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys() if k.startswith(("experts.", "base.", "estimator."))}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    _check_counts(folder, config, found)  # before building even a meta model: depth 20000 never finished
     with torch.device("meta"):
         expected = {k: list(v.shape) for k, v in model_tensors(LinearSRModel(config)).items()}
     missing_base = [name for name in expected if name.startswith("base.") and name not in found]
@@ -214,6 +284,19 @@ def check_weight_shapes(folder: Path, config: ModelConfig) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {problems[0]}{more}")
+
+
+def _check_counts(folder: Path, config: ModelConfig, found: dict) -> None:
+    """Experts and blocks per expert as the weights' header has them, against the config: the cheap part of
+    the check, so that a config asking for thousands of blocks is refused without building them (a wrong
+    width costs nothing on the meta device)."""
+    experts = {k.split(".")[1] for k in found if k.startswith("experts.")}
+    blocks = {k.split(".")[3] for k in found if k.startswith("experts.0.blocks.")}
+    for what, by_weights, by_config in (("experts", len(experts), config.num_experts),
+                                        ("depth", len(blocks), config.depth)):
+        if by_weights != by_config:
+            raise CheckpointError(f"{folder}: weights do not match {CONFIG_NAME}: {what} is {by_config} by "
+                                  f"{CONFIG_NAME} but {by_weights} in {WEIGHTS_NAME}")
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):

@@ -21,6 +21,11 @@ from .config import TrainConfig
 from .state import read_metrics
 
 
+def _alone(flag: bool) -> bool:
+    """`Dist.all_true` of a single process."""
+    return flag
+
+
 class RunClock:
     """One invocation's clock. `last_step` / `last_seconds`: the latest validation of the run so far (from
     metrics.jsonl when resuming) and how long it took."""
@@ -41,21 +46,23 @@ class RunClock:
     def elapsed(self) -> float:
         return self.now() - self.started
 
-    def out_of_time(self) -> bool:
-        """True once the time spent and the closing validation's expected length exceed `max_minutes`."""
+    def out_of_time(self, all_true=_alone) -> bool:
+        """True once the time spent and the closing validation's expected length exceed `max_minutes` on any
+        rank (`all_true`: `Dist.all_true`, so that every rank ends at the same step)."""
         budget = 60 * self.cfg.max_minutes
-        return budget > 0 and self.elapsed() + self.last_seconds > budget
+        return budget > 0 and not all_true(self.elapsed() + self.last_seconds <= budget)
 
     def minutes_due(self) -> bool:
         """`validation.every_minutes` have passed since the last validation (or the start)."""
         every = 60 * self.cfg.validation.every_minutes
         return every > 0 and self.now() - self.last_time >= every
 
-    def validation_due(self, step: int, final: bool, minutes_due: bool) -> bool:
-        """Validate at this step? `minutes_due`: `minutes_due()`, agreed among the ranks by the caller."""
+    def validation_due(self, step: int, final: bool, all_true=_alone) -> bool:
+        """Validate at this step: by steps, by minutes (on any rank), or at the end, unless it just did."""
         if self.last_step is not None and step - self.last_step < max(1, self.cfg.validation.every // 10):
             return False  # just validated: the closing one would repeat it
-        return step % self.cfg.validation.every == 0 or final or minutes_due
+        minutes = self.cfg.validation.every_minutes > 0 and not all_true(not self.minutes_due())
+        return step % self.cfg.validation.every == 0 or final or minutes
 
     def validated(self, step: int, seconds: float) -> None:
         self.last_step, self.last_seconds, self.last_time = step, seconds, self.now()

@@ -98,6 +98,8 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides on top of the named size
     init_from: str | None = None  # run folder (ESGF: its knee snapshot) or model folder to start from
     init_from_any: bool = False  # allow starting from a non-knee checkpoint (ESGF warns against it)
+    init_partial: bool = False  # start sub-modules whose shapes changed afresh (train/model_init.py)
+    estimator_from: str | None = None  # the degradation estimator of a `degradation_vector: params` model
     steps: int = 2000
     max_minutes: float = 0.0  # wall-clock budget of one invocation (0 = none); when spent, the run ends as
     #                           if out of steps: validation, snapshot, full state (a GPU lease, a night)
@@ -261,9 +263,22 @@ def check_ranges(cfg: "TrainConfig") -> None:
         raise ValueError(f"optim.betas must be two numbers in [0, 1), not {list(b)}")
     if cfg.experts.count & (cfg.experts.count - 1):
         raise ValueError(f"experts.count must be a power of two, not {cfg.experts.count}")
+    if cfg.experts.train != "all":
+        expert_to_train(cfg.experts.train, cfg.model_config().num_experts)
 
 
-PATH_KEYS = ("data.train_dir", "data.val_dir", "data.tags_file", "data.tag_encoder", "init_from")
+def expert_to_train(value, count: int) -> int:
+    """experts.train as an expert index, or one line naming the key and what it may be."""
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = -1
+    if not 0 <= k < count or (isinstance(value, float) and value != k):
+        raise ValueError(f"experts.train must be all or an expert index from 0 to {count - 1}, not {value!r}")
+    return k
+
+
+PATH_KEYS = ("data.train_dir", "data.val_dir", "data.tags_file", "data.tag_encoder", "init_from", "estimator_from")
 
 
 def _expand_paths(cfg: "TrainConfig") -> None:

@@ -60,11 +60,19 @@ def update_knee(run_dir: str | Path | RunDir, min_confidence: float = 0.6, confi
         snaps = run.snapshot_steps()
         out["snapshot"] = str(snaps[result.step]) if result.step in snaps else None
         run.write_json(run.knee, out)
-    elif run.knee_step() is None:
+    elif not has_knee(run):
         run.write_json(run.knee, out)
     if plot:
         plot_knee(curves, result, run.knee_plot)
     return out
+
+
+def has_knee(run: RunDir) -> bool:
+    """A knee found earlier is on record. A damaged knee.json holds none: the next verdict replaces it."""
+    try:
+        return run.knee_step() is not None
+    except ValueError:
+        return False
 
 
 def knee_snapshot(run_dir: RunDir | Path) -> Path:

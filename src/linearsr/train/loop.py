@@ -17,8 +17,10 @@ is read-only: what changes during a run lives in `LoopState` (see `hooks.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,16 +34,18 @@ from ..flow.experts import expert_intervals, expert_time_samplers
 from ..flow.loss import FlowMatchingLoss
 from ..model.network import LinearSRModel
 from ..precision import resolve_precision
+from ..runtime import catch_sigterm
 from ..tags import TagTable, batch_context, load_tag_encoder
 from .clock import RunClock
 from .config import TrainConfig
 from .distributed import Dist, setup_distributed
-from .esgf import initial_weights, update_knee
+from .esgf import update_knee
 from .hooks import DivergenceGuard, LoopState, TrainHooks, TrainingStopped
+from .model_init import build_model
 from .progress import train_progress
-from .run_dir import RunDir
-from .state import (EMA, MetricsLog, has_train_state, load_train_state, metrics_line_count, prune_snapshots,
-                    read_metrics, save_train_state, truncate_metrics)
+from .run_dir import RunDir, RunLock
+from .state import (EMA, MetricsLog, check_resume_config, has_train_state, load_train_state, metrics_line_count,
+                    prune_snapshots, read_metrics, save_train_state, truncate_metrics)
 from .validation import plot_curves, validate
 
 TRAIN_EXTRA = ("matplotlib", "yaml")  # what training imports from the `train` extra (curves, configs)
@@ -67,17 +71,6 @@ def require_train_extra() -> None:
                            f"pip install \"linearsr[train]\"")
 
 
-def build_model(cfg: TrainConfig) -> LinearSRModel:
-    """The model a config trains, started from `init_from` (ESGF: a run's knee snapshot) when given."""
-    model_cfg = cfg.model_config()
-    model = LinearSRModel(model_cfg)
-    if cfg.init_from:
-        source, state = initial_weights(cfg.init_from, model_cfg.num_experts, allow_any=cfg.init_from_any)
-        model.experts.load_state_dict(state)
-        model.config.provenance = {**model.config.provenance, "init_from": str(source)}
-    return model
-
-
 @dataclass
 class Objective:
     """What a step minimises: the flow-matching loss over `trainable`; with batch routing of several experts,
@@ -100,7 +93,7 @@ def build_objective(model: LinearSRModel, cfg: TrainConfig) -> Objective:
     sampler = cfg.time_sampler(model.config.shift)
     trainable = list(model.parameters())
     if cfg.experts.train != "all":  # one expert at a time: only its timesteps, only its weights
-        k = int(cfg.experts.train)
+        k = int(cfg.experts.train)  # checked against the expert count when the config was read
         sampler.t_min, sampler.t_max = expert_intervals(model.config.expert_boundaries)[k]
         for i, expert in enumerate(model.experts):
             expert.requires_grad_(i == k)
@@ -111,6 +104,17 @@ def build_objective(model: LinearSRModel, cfg: TrainConfig) -> Objective:
         objective.expert_shares = torch.tensor(shares, dtype=torch.float64)
         objective.expert_losses = [FlowMatchingLoss(s) for s in samplers]
     return objective
+
+
+def known_degradation(batch: dict, model: LinearSRModel, cfg: TrainConfig, step: int, dd: Dist):
+    """A `degradation_vector: params` model's condition: each sample's true vector, a seeded share
+    `data.degradation_dropout` of rows hidden (NaN: the learned "unknown"). None for other models."""
+    if not model.uses_estimator:
+        return None
+    vector = batch["degradation"].clone()
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, "degradation-dropout", step, dd.rank))
+    vector[torch.rand(vector.shape[0], generator=gen) < cfg.data.degradation_dropout] = float("nan")
+    return vector.to(dd.device)
 
 
 @dataclass
@@ -150,6 +154,7 @@ def open_run(run: RunDir, cfg: TrainConfig, dd: Dist, resume: bool, model, ema: 
     state, extra = LoopState(step=0, lr=cfg.optim.lr), {"metrics_lines": 0}
     say = (lambda m: print(f"linearsr: warning: {m}", file=sys.stderr, flush=True)) if dd.main else None
     if resume and has_train_state(run):
+        check_resume_config(run, cfg)
         step, extra = load_train_state(run, model, ema, opt, notify=say)
         state = LoopState(step=step, lr=extra.get("lr", cfg.optim.lr))  # a rollback may have lowered it
     elif resume and read_metrics(run) and say:
@@ -195,6 +200,8 @@ class Trainer:
     state: LoopState
     log: MetricsLog
     bf16: bool
+    lock: RunLock | None = None
+    terminated: bool = False  # SIGTERM arrived: save the state and stop after the current step
 
     @classmethod
     def setup(cls, cfg: TrainConfig, run_dir: str | Path | RunDir, resume: bool = False,
@@ -205,6 +212,15 @@ class Trainer:
         if (has_train_state(run) or read_metrics(run)) and not resume:
             raise ValueError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
         require_train_extra()  # before any step: a missing plotting package must not kill the run at step 10
+        lock = RunLock(run).acquire() if dd.main else None  # one training per run folder, until run() ends
+        try:
+            return dataclasses.replace(cls._build(cfg, run, dd, resume, hooks), lock=lock)
+        except BaseException:
+            lock and lock.release()
+            raise
+
+    @classmethod
+    def _build(cls, cfg: TrainConfig, run: RunDir, dd: Dist, resume: bool, hooks: TrainHooks | None) -> "Trainer":
         torch.manual_seed(cfg.seed)
         model = build_model(cfg).to(dd.device)
         model.config.provenance = {**model.config.provenance, "train_config": str(run.config)}
@@ -233,8 +249,9 @@ class Trainer:
         gen = torch.Generator(dd.device).manual_seed(seed_for(cfg.seed, "noise", step, dd.rank))
         context, mask = batch_tags(batch["names"], self.data.table, self.data.encoder, cfg, step, dd)
         step_loss = self.objective.pick(cfg.seed, step)
+        known = known_degradation(batch, model, cfg, step, dd)
         with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            cond = model.condition(lr)  # base image and degradation levels, once per batch, no gradient
+            cond = model.condition(lr, known=known)  # base image and degradation, once per batch, no gradient
             base_l1 = None
             if model.config.base_trainable:  # the prior learns through its conditioning input and an L1 term
                 cond["base"] = model.base_image(lr)
@@ -337,15 +354,6 @@ class Trainer:
                              extra={"lr": self.state.lr, "metrics_lines": metrics_line_count(self.run_dir)})
         self.dd.barrier()
 
-    def out_of_time(self, clock: RunClock) -> bool:
-        """`max_minutes` spent on any rank (then on all of them, so every rank ends at the same step)."""
-        return self.cfg.max_minutes > 0 and not self.dd.all_true(not clock.out_of_time())
-
-    def validation_due(self, clock: RunClock, final: bool) -> bool:
-        """By steps, by minutes (agreed among the ranks) or at the end, unless it just validated (clock.py)."""
-        minutes = self.cfg.validation.every_minutes > 0 and not self.dd.all_true(not clock.minutes_due())
-        return clock.validation_due(self.state.step, final, minutes)
-
     # ---- the loop ----
     def run(self, progress: bool = True) -> dict:
         """Train to `steps` (or an early stop, or the time budget); returns a summary dict."""
@@ -353,28 +361,33 @@ class Trainer:
         bar = train_progress(cfg.steps, state.step, enabled=progress and self.dd.main)
         summary, last_val, started = {"stopped": None}, None, time.time()
         clock = RunClock.for_run(cfg, self.run_dir)
+        # `kill` ends the run like its time budget: the state is saved after the current step
+        previous = catch_sigterm(lambda: setattr(self, "terminated", True))
         try:
             for batch in self.data.loader if state.step < cfg.steps else []:
                 ok, loss, grad_norm = self.step(batch)
                 bar.update(1)
                 self.after_step(ok, loss, grad_norm, bar, started)
-                out_of_time = self.out_of_time(clock)
+                out_of_time = clock.out_of_time(self.dd.all_true)
                 final = state.step == cfg.steps or out_of_time
                 stop = False
-                if self.validation_due(clock, final):
+                if clock.validation_due(state.step, final, self.dd.all_true):
                     val_start = time.monotonic()
                     scores, stop = self.validate_and_snapshot(bar)
                     clock.validated(state.step, time.monotonic() - val_start)
                     last_val = scores if scores is not None else last_val
-                if state.step % cfg.checkpoint.every == 0 or final or stop:
+                terminated = not self.dd.all_true(not self.terminated)
+                if state.step % cfg.checkpoint.every == 0 or final or stop or terminated:
                     self.save_state()
-                if stop or out_of_time:
-                    summary["stopped"] = "early_stop" if stop else "time_limit"
+                if stop or out_of_time or terminated:
+                    summary["stopped"] = "early_stop" if stop else "time_limit" if out_of_time else "terminated"
                     break
                 if state.step >= cfg.steps:
                     break
         finally:
             bar.close()
+            signal.signal(signal.SIGTERM, previous) if previous is not None else None
+            self.lock.release() if self.lock is not None else None
         summary.update(step=state.step, last_val=last_val, wall_s=round(time.time() - started, 1))
         return summary
 

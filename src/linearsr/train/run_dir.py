@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,17 @@ class RunDir:
         """The step knee.json names, or None when there is no knee file or it says "no knee yet"."""
         if not self.knee.is_file():
             return None
-        step = json.loads(self.knee.read_text()).get("step")
-        return None if step is None else int(step)
+        try:
+            data = json.loads(self.knee.read_text())
+            step = data["step"]
+            if step is None:
+                return None  # the verdict "no knee yet" (esgf.update_knee)
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise TypeError(f"step is {step!r}")
+        except (ValueError, TypeError, KeyError) as e:  # a list, text, no "step": one line, not a traceback
+            raise ValueError(f"{self.knee}: damaged ({type(e).__name__}: {e}); expected {{\"step\": N, ...}}: "
+                             f"run `linearsr knee {self.root}` again") from None
+        return step
 
     def write_json(self, path: Path, data: dict) -> None:
         """Write atomically: a reader (or a kill) never sees half a knee.json."""
@@ -101,3 +111,54 @@ class RunDir:
             if m and (p / "model.safetensors").is_file():
                 found[int(m.group(1))] = p
         return dict(sorted(found.items()))
+
+
+class RunLocked(ValueError):
+    """Another process trains in this run folder; the message is one line naming it."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a training writes to it: `fcntl.flock` on RUN/.lock,
+    which also holds the owner's pid for the message. The system drops the lock when its process ends, so
+    the lock of a killed training (even kill -9) is stale at once and never blocks the next start. Taking it
+    removes what a training killed mid-save left (`remove_stale_temps`). Without fcntl (Windows) there is no
+    lock."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.path, self.fd = run.root / ".lock", None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLocked(f"{self.path.parent}: another training (pid {owner}) is running in this folder; wait "
+                            f"for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        remove_stale_temps(RunDir(self.path.parent))  # with the lock held, no live writer owns them
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
+
+
+def remove_stale_temps(run: RunDir) -> list[Path]:
+    """Remove what a training killed mid-save left: RUN/.state.tmp* (save_train_state) and the .NAME.tmp* /
+    .NAME.old folders of snapshot writes. Call it holding the RunLock: then no writer can own them."""
+    stale = [*run.root.glob(".state.tmp*"), *run.root.glob(".metrics.jsonl.tmp")]
+    if run.snapshots.is_dir():
+        stale += [*run.snapshots.glob(".step_*.tmp*"), *run.snapshots.glob(".step_*.old")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale

