@@ -11,7 +11,7 @@ from PIL import Image
 from linearsr.cli import main
 from linearsr.evaluation.matlab_bicubic import cubic_kernel, matlab_bicubic_upscale, resize_weights
 from linearsr.evaluation.paired import (PLAIN, SELFEXSR, Pair, PairedDataError, build_methods, evaluate_paired,
-                                        find_pairs, load_pair, luma, modcrop, score_pair)
+                                        find_pairs, load_pair, luma, modcrop, score_pair, set_name)
 from linearsr.model.network import LinearSRModel
 
 from conftest import tiny_config
@@ -131,6 +131,7 @@ def test_layouts_are_detected(tmp_path):
     _selfexsr_set(tmp_path / "Set2")
     for folder in (tmp_path / "Set2", tmp_path / "Set2" / "image_SRF_4"):
         layout, pairs = find_pairs(folder, 4)
+        assert set_name(folder) == "Set2"
         assert layout == SELFEXSR and [p.name for p in pairs] == ["img_001", "img_002"]
         assert pairs[0].lr.name == "img_001_SRF_4_LR.png"
     plain = tmp_path / "plain"

@@ -88,7 +88,7 @@ def _eval_paired(folders, model, scale, baselines, steps, preset, seed, out, lim
                      sampling=SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
                      precision=precision, limit=limit, progress=not quiet)
     click.echo(f"x{scale}, Y-PSNR (dB) / Y-SSIM, {scale} px shaved:")
-    click.echo(markdown_table({Path(r["data"]).name: r for r in res["sets"]}), nl=False)
+    click.echo(markdown_table({r["name"]: r for r in res["sets"]}), nl=False)
     for note in res["notes"]:
         click.echo(f"note: {note}")
     write_paired_reports(res, out)

@@ -38,7 +38,8 @@ from .matlab_bicubic import matlab_bicubic_upscale
 from .peers import BASELINE_LABELS, BASELINES, baseline_unavailable_reason
 
 __all__ = ["PAIRED_BASELINES", "PAIRED_LABELS", "Pair", "PairedDataError", "evaluate_paired", "find_pairs",
-           "load_pair", "luma", "modcrop", "score_pair"]
+           "load_pair", "luma", "markdown_table", "modcrop", "run_paired", "score_pair", "set_name",
+           "write_paired_reports"]
 
 SELFEXSR, PLAIN = "SelfExSR", "HR/ + LR/"
 LINEARSR = "linearsr"
@@ -88,6 +89,12 @@ def find_pairs(folder: str | Path, scale: int) -> tuple[str, list[Pair]]:
         raise PairedDataError(f"{missing[0]}: LR image missing for {missing[0].name} "
                               f"({len(missing)} of {len(pairs)} HR images have no LR)")
     return layout, pairs
+
+
+def set_name(folder: str | Path) -> str:
+    """The benchmark's name: the folder's, or its parent's for a SelfExSR `image_SRF_<s>` folder."""
+    folder = Path(folder).resolve()
+    return folder.parent.name if folder.name.startswith("image_SRF_") else folder.name
 
 
 def read_rgb8(path: Path) -> np.ndarray:
@@ -165,12 +172,13 @@ def build_methods(baselines, scale: int, runner=None) -> tuple[dict, list[str]]:
 
 def evaluate_paired(folder: str | Path, methods: dict, *, scale: int = 4, limit: int | None = None,
                     progress: bool = True) -> dict:
-    """Score every method on one benchmark folder: {"data", "layout", "scale", "images": [per image],
+    """Score every method on one benchmark folder: {"name", "data", "layout", "scale", "images": [per image],
     "methods", "mean": {method: {"psnr_y", "ssim_y", "seconds"}}}."""
     layout, pairs = find_pairs(folder, scale)
     pairs = pairs[:limit] if limit else pairs
     rows = []
-    for pair in tqdm(pairs, desc=Path(folder).name, unit="img", disable=not progress):
+    benchmark = set_name(folder)
+    for pair in tqdm(pairs, desc=benchmark, unit="img", disable=not progress):
         hr, lr = load_pair(pair, scale)
         entry = {"image": pair.name, "hr_size": [hr.shape[1], hr.shape[0]], "methods": {}}
         for name, run in methods.items():
@@ -181,7 +189,7 @@ def evaluate_paired(folder: str | Path, methods: dict, *, scale: int = 4, limit:
         rows.append(entry)
     mean = {m: {k: float(np.mean([r["methods"][m][k] for r in rows])) for k in ("psnr_y", "ssim_y", "seconds")}
             for m in methods}
-    return {"data": str(folder), "layout": layout, "scale": scale, "images": rows, "methods": list(methods),
+    return {"name": benchmark, "data": str(folder), "layout": layout, "scale": scale, "images": rows, "methods": list(methods),
             "mean": mean}
 
 
@@ -240,7 +248,7 @@ def write_paired_reports(results: dict, out: Path) -> None:
     """metrics.json (everything, per image) and report.md (the table) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(_finite(results), indent=1, allow_nan=False, default=str) + "\n")
-    sets = {Path(r["data"]).name: r for r in results["sets"]}
+    sets = {r["name"]: r for r in results["sets"]}
     lines = ["# LinearSR on paired benchmarks", "",
              f"- x{results['scale']}; model `{results['model']}`, settings {results['linearsr_settings']}",
              "- Y-PSNR (dB) / Y-SSIM; Y = BT.601 as MATLAB's rgb2ycbcr, outputs rounded to 8 bits, "
