@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,9 @@ def main() -> None:
     for s, variants in res.items():
         print(s, "  ".join(f"{k} {v['psnr_y']:.3f}/{v['ssim_y']:.4f}" for k, v in variants.items()))
     if args.json:
-        args.json.write_text(json.dumps({"scale": args.scale, "bicubic": "matlab_bicubic_upscale", "sets": res},
-                                        indent=1) + "\n")
+        command = "python benchmarks/classic_conventions.py " + " ".join(sys.argv[1:])
+        args.json.write_text(json.dumps({"command": command, "scale": args.scale, "bicubic": "matlab_bicubic_upscale",
+                                         "sets": res}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
