@@ -10,7 +10,8 @@ from PIL import Image
 
 from linearsr.cli import main
 from linearsr.evaluation.matlab_bicubic import cubic_kernel, matlab_bicubic_upscale, resize_weights
-from linearsr.evaluation.paired import (PLAIN, SELFEXSR, Pair, PairedDataError, build_methods, evaluate_paired,
+from linearsr.evaluation.paired import (PLAIN, SELFEXSR, Pair, PairedDataError, build_methods, check_sizes,
+                                        evaluate_paired,
                                         find_pairs, load_pair, luma, modcrop, score_pair, set_name)
 from linearsr.model.network import LinearSRModel
 
@@ -166,10 +167,13 @@ def test_hr_is_cropped_to_the_scale_and_the_lr_size_checked(tmp_path):
     got_hr, got_lr = load_pair(Pair("a", tmp_path / "hr.png", tmp_path / "good.png"), 4)
     np.testing.assert_array_equal(got_hr, hr[:12, :16])  # top-left kept, as MATLAB's modcrop
     assert got_lr.shape == (3, 4, 3)
-    with pytest.raises(PairedDataError) as err:
-        load_pair(Pair("a", tmp_path / "hr.png", tmp_path / "bad.png"), 4)
-    assert "LR is 5x3 but its HR (16x12 after cropping to a multiple of 4) needs 4x3" in str(err.value)
-    assert "\n" not in str(err.value)
+    check_sizes([Pair("a", tmp_path / "hr.png", tmp_path / "good.png")], 4)
+    bad = Pair("a", tmp_path / "hr.png", tmp_path / "bad.png")
+    for check in (lambda: load_pair(bad, 4), lambda: check_sizes([bad], 4)):  # decoded, and from the headers
+        with pytest.raises(PairedDataError) as err:
+            check()
+        assert "LR is 5x3 but its HR (16x12 after cropping to a multiple of 4) needs 4x3" in str(err.value)
+        assert "\n" not in str(err.value)
 
 
 def test_grey_files_are_scored_as_three_equal_channels(tmp_path):
@@ -216,10 +220,15 @@ def test_eval_paired_cli_writes_the_table(tmp_path):
     assert "| Method | SetA | SetB |" in report and "Bicubic (MATLAB imresize-style, ours)" in report
 
 
-def test_eval_paired_cli_bad_folder_is_one_line(tmp_path):
+def test_eval_paired_cli_bad_folders_are_one_line_before_any_work(tmp_path):
     (tmp_path / "photos").mkdir()
-    res = CliRunner().invoke(main, ["eval", "--paired", str(tmp_path / "photos"), "--model", "none",
-                                    "--out", str(tmp_path / "out")])
-    assert res.exit_code == 2
-    assert res.output.count("\n") == 1 and "not a paired benchmark folder" in res.output
-    assert not (tmp_path / "out").exists()
+    good = _selfexsr_set(tmp_path / "Good")
+    wrong = tmp_path / "Wrong"
+    _save(wrong / "HR" / "a.png", _texture(32, 32))
+    _save(wrong / "LR" / "a.png", _texture(9, 8))
+    for bad, says in ((tmp_path / "photos", "not a paired benchmark folder"), (wrong, "LR is 8x9 but its HR")):
+        res = CliRunner().invoke(main, ["eval", "--paired", str(good), "--paired", str(bad), "--model", "none",
+                                        "--out", str(tmp_path / "out")])
+        assert res.exit_code == 2
+        assert res.output.count("\n") == 1 and says in res.output, res.output
+        assert not (tmp_path / "out").exists()  # stopped before anything was written

@@ -37,7 +37,7 @@ from . import metrics
 from .matlab_bicubic import matlab_bicubic_upscale
 from .peers import BASELINE_LABELS, BASELINES, baseline_unavailable_reason
 
-__all__ = ["PAIRED_BASELINES", "PAIRED_LABELS", "Pair", "PairedDataError", "evaluate_paired", "find_pairs",
+__all__ = ["PAIRED_BASELINES", "PAIRED_LABELS", "Pair", "PairedDataError", "check_sizes", "evaluate_paired", "find_pairs",
            "load_pair", "luma", "markdown_table", "modcrop", "run_paired", "score_pair", "set_name",
            "write_paired_reports"]
 
@@ -108,15 +108,29 @@ def modcrop(hr: np.ndarray, scale: int) -> np.ndarray:
     return hr[:h - h % scale, :w - w % scale]
 
 
+def _check_lr_size(pair: Pair, hr_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> None:
+    """The LR (w, h) must be exactly the HR's (w, h) cropped to a multiple of `scale`, divided by it."""
+    hr_w, hr_h = hr_size[0] - hr_size[0] % scale, hr_size[1] - hr_size[1] % scale
+    if lr_size != (hr_w // scale, hr_h // scale):
+        raise PairedDataError(f"{pair.lr}: LR is {lr_size[0]}x{lr_size[1]} but its HR ({hr_w}x{hr_h} after "
+                              f"cropping to a multiple of {scale}) needs {hr_w // scale}x{hr_h // scale} at x{scale}")
+
+
+def check_sizes(pairs: list[Pair], scale: int) -> None:
+    """Every pair's LR size against its HR's, from the file headers only (fast: nothing is decoded)."""
+    for pair in pairs:
+        try:
+            with Image.open(pair.hr) as hr, Image.open(pair.lr) as lr:
+                _check_lr_size(pair, hr.size, lr.size, scale)
+        except OSError as e:
+            raise PairedDataError(f"{pair.hr.parent}: cannot read {pair.name}: {e}") from None
+
+
 def load_pair(pair: Pair, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(HR cropped to a multiple of `scale`, LR) as uint8 (H, W, 3); the LR must be exactly HR / scale."""
-    hr, lr = modcrop(read_rgb8(pair.hr), scale), read_rgb8(pair.lr)
-    want = (hr.shape[1] // scale, hr.shape[0] // scale)
-    if (lr.shape[1], lr.shape[0]) != want:
-        raise PairedDataError(f"{pair.lr}: LR is {lr.shape[1]}x{lr.shape[0]} but its HR "
-                              f"({hr.shape[1]}x{hr.shape[0]} after cropping to a multiple of {scale}) "
-                              f"needs {want[0]}x{want[1]} at x{scale}")
-    return hr, lr
+    hr, lr = read_rgb8(pair.hr), read_rgb8(pair.lr)
+    _check_lr_size(pair, (hr.shape[1], hr.shape[0]), (lr.shape[1], lr.shape[0]), scale)
+    return modcrop(hr, scale), lr
 
 
 def luma(rgb8: np.ndarray) -> np.ndarray:
@@ -189,8 +203,8 @@ def evaluate_paired(folder: str | Path, methods: dict, *, scale: int = 4, limit:
         rows.append(entry)
     mean = {m: {k: float(np.mean([r["methods"][m][k] for r in rows])) for k in ("psnr_y", "ssim_y", "seconds")}
             for m in methods}
-    return {"name": benchmark, "data": str(folder), "layout": layout, "scale": scale, "images": rows, "methods": list(methods),
-            "mean": mean}
+    return {"name": benchmark, "data": str(folder), "layout": layout, "scale": scale, "images": rows,
+            "methods": list(methods), "mean": mean}
 
 
 def markdown_table(sets: dict[str, dict], labels: dict[str, str] | None = None) -> str:
@@ -221,8 +235,8 @@ def run_paired(folders, model, *, scale: int = 4, baselines=PAIRED_BASELINES, sa
         if isinstance(model, (str, Path)):
             model = LinearSRModel.from_pretrained(model)
         runner = LinearSRRunner(model.eval(), sampling, device=device, scale=scale, precision=precision)
-    for folder in folders:  # every folder's layout is checked before hours of upscaling start
-        find_pairs(folder, scale)
+    for folder in folders:  # every folder's layout and sizes are checked before hours of upscaling start
+        check_sizes(find_pairs(folder, scale)[1][:limit], scale)
     methods, notes = build_methods(baselines, scale, runner)
     if not methods:
         raise ValueError("nothing to score: no model (--model none) and no baseline that can run here")
