@@ -220,6 +220,25 @@ def test_eval_paired_cli_writes_the_table(tmp_path):
     assert "| Method | SetA | SetB |" in report and "Bicubic (MATLAB imresize-style, ours)" in report
 
 
+def test_eval_paired_default_baselines_are_every_paired_baseline(tmp_path, monkeypatch):
+    from linearsr.cli.eval import PAIRED_DEFAULT_BASELINES
+    from linearsr.evaluation import paired
+
+    assert sorted(PAIRED_DEFAULT_BASELINES.split(",")) == sorted(paired.PAIRED_BASELINES)
+    asked = {}
+
+    def fake_run(folders, model, *, baselines, **kw):  # records what the command asks for; runs nothing
+        asked.update(model=model, baselines=baselines)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(paired, "run_paired", fake_run)
+    folder = str(_selfexsr_set(tmp_path / "S", n=1))
+    CliRunner().invoke(main, ["eval", "--paired", folder, "--model", "none"])
+    assert asked == {"model": None, "baselines": PAIRED_DEFAULT_BASELINES.split(",")}
+    CliRunner().invoke(main, ["eval", "--paired", folder, "--baselines", "lanczos"])
+    assert asked == {"model": "default", "baselines": ["lanczos"]}
+
+
 def test_eval_paired_cli_bad_folders_are_one_line_before_any_work(tmp_path):
     (tmp_path / "photos").mkdir()
     good = _selfexsr_set(tmp_path / "Good")

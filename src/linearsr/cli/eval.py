@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..degradation_kinds import KINDS
 from . import CONTEXT
+
+PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # evaluation.paired.PAIRED_BASELINES
 
 
 @click.command("eval", context_settings=CONTEXT)
@@ -25,11 +28,10 @@ from . import CONTEXT
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Sampling steps for LinearSR. Default: the preset's (pipeline), else 1.")
 @click.option("--preset", default=None, help="Pipeline preset (e.g. fidelity, realism). Default: the pipeline defaults.")
-@click.option("--baselines", default=None,
+@click.option("--baselines", default="bicubic,lanczos,realesrgan,span",
               help="Comma-separated baselines from bicubic (Pillow), lanczos, realesrgan, span ('' for none); "
                    "span = SPAN alone, the restoration prior under the product model. With --paired also "
-                   "matlab-bicubic (the papers' bicubic). Default: bicubic,lanczos,realesrgan,span; with "
-                   "--paired: matlab-bicubic,bicubic,lanczos,span,realesrgan.")
+                   f"matlab-bicubic (the papers' bicubic), and the default is {PAIRED_DEFAULT_BASELINES}.")
 @click.option("--paired", "paired", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Score on a classic benchmark instead: a folder of HR/LR pairs, either a SelfExSR set "
                    "(<Set>/image_SRF_<scale>/*_HR.png + *_LR.png) or HR/ + LR/ with the same file names; "
@@ -59,8 +61,8 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     With --paired DIR (repeatable): the classic benchmarks instead (Set5, Set14, BSD100, Urban100 from
     github.com/jbhuang0604/SelfExSR, or any HR/ + LR/ folder): the given LR files are upscaled and scored
     as SR papers score them, Y-PSNR and Y-SSIM with `scale` px shaved."""
-    if baselines is None:
-        baselines = "matlab-bicubic,bicubic,lanczos,span,realesrgan" if paired else "bicubic,lanczos,realesrgan,span"
+    if paired and click.get_current_context().get_parameter_source("baselines") == ParameterSource.DEFAULT:
+        baselines = PAIRED_DEFAULT_BASELINES
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     if paired:
         return _eval_paired(paired, model, scale, names, steps, preset, seed, out, limit, device, precision, quiet)
