@@ -11,8 +11,7 @@ from PIL import Image
 from linearsr.cli import main
 from linearsr.evaluation.matlab_bicubic import cubic_kernel, matlab_bicubic_upscale, resize_weights
 from linearsr.evaluation.paired import (PLAIN, SELFEXSR, Pair, PairedDataError, build_methods, check_sizes,
-                                        evaluate_paired,
-                                        find_pairs, load_pair, luma, modcrop, score_pair, set_name)
+                                        evaluate_paired, find_pairs, load_pair, luma, modcrop, score_pair, set_name)
 from linearsr.model.network import LinearSRModel
 
 from conftest import tiny_config
