@@ -1,17 +1,22 @@
-"""`linearsr eval`: degrade HR photos, upscale with LinearSR and the baselines, write metrics and a report."""
+"""`linearsr eval`: degrade HR photos, upscale with LinearSR and the baselines, write metrics and a report;
+with `--paired`, score classic benchmark HR/LR pairs (Set5, ...) as SR papers do."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..degradation_kinds import KINDS
 from . import CONTEXT
 
+PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # evaluation.paired.PAIRED_BASELINES
+
 
 @click.command("eval", context_settings=CONTEXT)
-@click.option("--model", default="default", help="Model folder or bundled model name.")
+@click.option("--model", default="default",
+              help="Model folder or bundled model name; with --paired also 'none' (the baselines only).")
 @click.option("--data", default="demo",
               help="Folder of HR images (searched recursively), one image, or 'demo' for the demo eval photos.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data/demo"),
@@ -24,8 +29,14 @@ from . import CONTEXT
               help="Sampling steps for LinearSR. Default: the preset's (pipeline), else 1.")
 @click.option("--preset", default=None, help="Pipeline preset (e.g. fidelity, realism). Default: the pipeline defaults.")
 @click.option("--baselines", default="bicubic,lanczos,realesrgan,span",
-              help="Comma-separated baselines from bicubic, lanczos, realesrgan, span ('' for none); "
-                   "span = SPAN alone, the restoration prior under the product model.")
+              help="Comma-separated baselines from bicubic (Pillow), lanczos, realesrgan, span ('' for none); "
+                   "span = SPAN alone, the restoration prior under the product model. With --paired also "
+                   f"matlab-bicubic (the papers' bicubic), and the default is {PAIRED_DEFAULT_BASELINES}.")
+@click.option("--paired", "paired", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Score on a classic benchmark instead: a folder of HR/LR pairs, either a SelfExSR set "
+                   "(<Set>/image_SRF_<scale>/*_HR.png + *_LR.png) or HR/ + LR/ with the same file names; "
+                   "repeat for several sets. Y-PSNR / Y-SSIM as the papers score them (docs/evaluation.md); "
+                   "--data, --degradation, --crop, --side-by-side and --save-images do not apply.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-results"),
               help="Folder for metrics.json, metrics.csv, report.md and side-by-side crops.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images (sorted).")
@@ -39,16 +50,24 @@ from . import CONTEXT
               help="Write side-by-side crop PNGs for the first N images.")
 @click.option("--save-images", is_flag=True, help="Also save every method's full output as PNG.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, out, limit, crop, seed, device,
-             precision, side_by_side, save_images, quiet) -> None:
+def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, paired, out, limit, crop, seed,
+             device, precision, side_by_side, save_images, quiet) -> None:
     """Evaluate a model against bicubic, Lanczos, Real-ESRGAN and SPAN alone on degraded HR photos.
 
     Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
     HR, > 1 grainier), NIQE, BRISQUE, time and peak memory.
-    LPIPS, DISTS, MUSIQ, MANIQA and CLIPIQA need network weights and are not supported yet."""
+    LPIPS, DISTS, MUSIQ, MANIQA and CLIPIQA need network weights and are not supported yet.
+
+    With --paired DIR (repeatable): the classic benchmarks instead (Set5, Set14, BSD100, Urban100 from
+    github.com/jbhuang0604/SelfExSR, or any HR/ + LR/ folder): the given LR files are upscaled and scored
+    as SR papers score them, Y-PSNR and Y-SSIM with `scale` px shaved."""
+    if paired and click.get_current_context().get_parameter_source("baselines") == ParameterSource.DEFAULT:
+        baselines = PAIRED_DEFAULT_BASELINES
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    if paired:
+        return _eval_paired(paired, model, scale, names, steps, preset, seed, out, limit, device, precision, quiet)
     from ..evaluation.evaluate import COLUMNS, evaluate
 
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
     res = evaluate(model, data, scale=scale, degradation=degradation, steps=steps, preset=preset,
                    baselines=names, out=out, limit=limit, crop=crop, data_root=data_root, seed=seed,
                    device=device, side_by_side=side_by_side, save_images=save_images, progress=not quiet,
@@ -61,6 +80,21 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     for note in res["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"wrote {out / 'report.md'}, metrics.json, metrics.csv")
+
+
+def _eval_paired(folders, model, scale, baselines, steps, preset, seed, out, limit, device, precision, quiet):
+    from ..evaluation.paired import markdown_table, run_paired, write_paired_reports
+    from ..settings import SamplingSettings
+
+    res = run_paired(folders, None if model == "none" else model, scale=scale, baselines=baselines,
+                     sampling=SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
+                     precision=precision, limit=limit, progress=not quiet)
+    click.echo(f"x{scale}, Y-PSNR (dB) / Y-SSIM, {scale} px shaved:")
+    click.echo(markdown_table({r["name"]: r for r in res["sets"]}), nl=False)
+    for note in res["notes"]:
+        click.echo(f"note: {note}")
+    write_paired_reports(res, out)
+    click.echo(f"wrote {out / 'report.md'}, metrics.json")
 
 
 COMMANDS = [eval_cmd]
