@@ -24,6 +24,7 @@ import click
 from ..degradation_kinds import parse_degradation
 from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
 from . import CONTEXT
+from .video_upscale import is_moving, media_suffixes, pop_video_options, run_moving, video_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
@@ -133,10 +134,10 @@ def _looks_like_output(path: Path, suffix: str) -> bool:
     stem = path.stem
     if not stem.endswith(suffix):
         return False
-    base = stem[: -len(suffix)]
-    if Path(base).suffix.lower() in IMAGE_SUFFIXES and (path.parent / base).is_file():
+    base, known = stem[: -len(suffix)], IMAGE_SUFFIXES | media_suffixes()
+    if Path(base).suffix.lower() in known and (path.parent / base).is_file():
         return True  # NAME.EXT_x4.png: the name given when two inputs would collide (see plan_outputs)
-    return any((path.parent / f"{base}{s}").exists() for s in IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES})
+    return any((path.parent / f"{base}{s}").exists() for s in known | {s.upper() for s in known})
 
 
 def _key(path: Path) -> Path:
@@ -158,9 +159,10 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
     excluded = exclude.resolve() if exclude is not None else None
 
     def walk(folder: Path) -> None:
+        suffixes = IMAGE_SUFFIXES | media_suffixes()
         for f in sorted(folder.rglob("*")):
             rel = f.relative_to(folder)
-            if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts)
+            if (f.is_file() and f.suffix.lower() in suffixes and not any(p.startswith(".") for p in rel.parts)
                     and not _looks_like_output(f, suffix)
                     and not (excluded is not None and excluded in _key(f).parents)):
                 found.setdefault(_key(f), (f, folder))
@@ -213,15 +215,19 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Refuse inputs with more pixels than this (decompression-bomb guard; 0 = no limit).")
 @click.option("--quiet", is_flag=True, help="No progress output (failures and their summary still print).",
               show_default="off")
+@video_options
 def upscale(inputs, output, model, scale, long_side, device, precision, compile_, fmt, overwrite, save_meta,
             max_pixels, quiet, **knobs) -> None:
-    """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
+    """Upscale images, videos (.mp4 .mkv .mov .webm .avi) and animated GIF/WebP/PNG: INPUT is a file, a folder
+    (searched recursively) or a glob such as 'photos/*.jpg'. A video keeps its container, sound and
+    timing (clip.mp4 -> clip_x4.mp4); an interrupted video resumes from its last finished segment."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
     from .. import imageio
     from ..inference.pipeline import LinearSR, resolve_device
     from ..model.checkpoint import load_config, resolve_model_path
 
+    video = pop_video_options(knobs)
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
     suffix = _suffix(scale, long_side, config.scale)
@@ -233,6 +239,7 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
     job = _Job(pipe, settings, scale, long_side, overwrite, max_pixels,
                meta=dict(model=str(model)) if save_meta else None)
+    job.video = video
     tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
     done, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty, lines=not quiet and not tty,
                               tag=tag)
@@ -274,6 +281,8 @@ class _Job:
         if dest.exists() and not self.overwrite:
             raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
         _check_writable(dest, imageio)  # before the model runs, not after
+        if is_moving(path):
+            return run_moving(self, path, dest, progress)
         loaded = imageio.load_image(path, max_pixels=self.max_pixels)
         rgb, alpha = self.pipe.enhance_arrays(loaded.rgb, loaded.alpha, self.settings, scale=self.scale,
                                               long_side=self.long_side, progress=progress)
@@ -305,8 +314,8 @@ def _run_batch(job: _Job, mine: list, targets: dict, *, bars: bool, lines: bool,
             step_bar = tqdm(total=1, unit="step", leave=False, disable=not bars, file=sys.stderr,
                             desc=path.name, dynamic_ncols=True)
 
-            def progress(n: int, total: int, bar=step_bar) -> None:
-                bar.total = total
+            def progress(n: int, total: int, bar=step_bar, unit: str = "step") -> None:
+                bar.total, bar.unit = total, unit
                 bar.update(n - bar.n)
 
             try:
@@ -383,6 +392,8 @@ def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder
 
     if fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
         fmt = "png"
+    if is_moving(path):
+        fmt = "same"  # a video keeps its container, an animation its format
     if out_path is None:
         target = None
     elif as_folder:

@@ -212,6 +212,16 @@ class LinearSR:
                                          progress=progress, **overrides)
         return image_kinds.like_input(image, loaded, rgb, alpha)
 
+    def enhance_video(self, src, dst, settings: SamplingSettings | None = None, video=None, progress=None):
+        """Upscale the video (or animated GIF/WebP/PNG) `src` into `dst`: sound, timing, rotation and colour
+        tags kept, resumable after a crash. video: a `video.VideoSettings` (codec, crf, scale, ...);
+        progress: callable(frames_done, frames_total). See inference/video.py."""
+        from .animation import enhance_animation, is_animation
+        from .video import enhance_video
+
+        run = enhance_animation if is_animation(src) else enhance_video
+        return run(self, src, dst, settings, video, progress)
+
     def enhance_arrays(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
                        settings: SamplingSettings | None = None, *, scale: float | None = None,
                        long_side: int | None = None, progress=None, **overrides):
