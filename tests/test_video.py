@@ -312,3 +312,27 @@ def preset_settings():
     from linearsr.settings import SamplingSettings
 
     return SamplingSettings(preset="fidelity")
+
+
+@pytest.mark.slow  # two torch processes start (~45 s on the shared 2-core machine)
+def test_torchrun_two_ranks_split_a_clip_and_rank_0_joins_it(tmp_path, model_dir, pipe):
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, frames=8, audio=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "linearsr.cli",
+         "upscale", str(clip), "--model", str(model_dir), "--video-codec", "ffv1", "--segment-seconds", "0.2"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shares = sorted(line.split("]")[0] + "] " + line.split(": ")[-1] for line in proc.stderr.splitlines()
+                    if "frames upscaled here" in line)
+    # 8 frames at 10 fps in segments of 2 frames: segments 0 and 2 on rank 0, 1 and 3 on rank 1
+    assert shares == ["[rank 0] 4 of 8 frames upscaled here", "[rank 1] 4 of 8 frames upscaled here"]
+    out = tmp_path / "clip_x4.mkv"
+    assert out.is_file() and not parts_folder(out).exists()
+    assert video_pts(out) == video_pts(clip) and audio_packets(out) == audio_packets(clip)
+    single = tmp_path / "single.mkv"
+    model = LinearSR(LinearSRModel.from_pretrained(model_dir))
+    enhance_video(model, clip, single, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
+    assert all(np.array_equal(a, b) for a, b in zip(decode_rgb(out), decode_rgb(single), strict=True))

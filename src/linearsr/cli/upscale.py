@@ -4,7 +4,8 @@ Batch behaviour: a bad input (corrupt, truncated, empty, not an image) prints on
 the reason, and the batch goes on; at the end a summary ("3 upscaled, 1 failed") and a non-zero exit if
 anything failed. Outputs are written atomically; an existing output is never replaced without --overwrite
 and the input itself never is. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
-rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks.
+rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks; a video goes to
+every rank, which split its segments (cli/video_upscale.share).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import click
 from ..degradation_kinds import parse_degradation
 from ..settings import DEFAULTS, KNOBS, PRESET_KNOBS, PRESET_NOTES, PRESETS, SamplingSettings
 from . import CONTEXT
-from .video_upscale import is_moving, media_suffixes, pop_video_options, run_moving, video_options
+from .video_upscale import is_moving, media_suffixes, pop_video_options, run_moving, share, video_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
@@ -239,9 +240,9 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision, compile=compile_)
     job = _Job(pipe, settings, scale, long_side, overwrite, max_pixels,
                meta=dict(model=str(model)) if save_meta else None)
-    job.video = video
+    job.video = dict(video, rank=rank, world=world)
     tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
-    done, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty, lines=not quiet and not tty,
+    done, failed = _run_batch(job, share(files, rank, world), targets, bars=not quiet and tty, lines=not quiet and not tty,
                               tag=tag)
     if not quiet or failed:
         click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)

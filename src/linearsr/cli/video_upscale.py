@@ -52,7 +52,16 @@ def is_moving(path: Path) -> bool:
     return path.suffix.lower() in media_suffixes() or is_animation(path)
 
 
-def run_moving(job, path: Path, dest: Path, progress, rank: int = 0, world: int = 1):
+def share(files: list, rank: int, world: int) -> list:
+    """This rank's part of the batch under torchrun: every video (its segments are split between the ranks,
+    rank 0 joins them), and image i (animations count as images) when i % world == rank."""
+    suffixes = media_suffixes()
+    videos = [item for item in files if item[0].suffix.lower() in suffixes]
+    others = [item for item in files if item[0].suffix.lower() not in suffixes]
+    return sorted(videos + others[rank::world], key=lambda item: str(item[0]))
+
+
+def run_moving(job, path: Path, dest: Path, progress):
     """Upscale the video or animation `path` into `dest` with the batch's job; returns a `VideoResult`."""
     from ..inference.animation import enhance_animation
     from ..inference.video import VideoSettings, enhance_video
@@ -60,10 +69,13 @@ def run_moving(job, path: Path, dest: Path, progress, rank: int = 0, world: int 
     opts = job.video
     video = VideoSettings(codec=opts["video_codec"], crf=opts["crf"], scale=job.scale, long_side=job.long_side,
                           segment_seconds=opts["segment_seconds"], resume=not opts["restart"],
-                          overwrite=job.overwrite, rank=rank, world=world)
+                          overwrite=job.overwrite, rank=opts.get("rank", 0), world=opts.get("world", 1))
     run = enhance_video if path.suffix.lower() in media_suffixes() else enhance_animation
 
     def warn(line: str) -> None:
         click.echo(f"linearsr: warning: {line}", err=True)
 
-    return run(job.pipe, path, dest, job.settings, video, lambda n, total: progress(n, total, unit="frame"), warn)
+    result = run(job.pipe, path, dest, job.settings, video, lambda n, total: progress(n, total, unit="frame"), warn)
+    if video.world > 1:
+        click.echo(f"[rank {video.rank}] {path}: {result.computed} of {result.frames} frames upscaled here", err=True)
+    return result

@@ -36,6 +36,8 @@ from ..settings import SamplingSettings, settings_from
 from . import video_io
 from .video_io import VideoInfo
 
+START_WAIT_SECONDS = 120  # other ranks wait this long for rank 0 to set up the parts folder
+STALL_SECONDS = 1800  # rank 0 gives up joining when no other rank has written anything for this long
 _END, _ABORT = object(), object()  # end of the frames; stop without finishing the open segment
 
 
@@ -90,7 +92,8 @@ def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, vide
     codec = video_io.choose_codec(dst, video.codec)
     info = video_io.probe(src)
     size = _output_size(pipe, info, video, codec)
-    parts = _prepare_parts(dst, _job_key(pipe, src, s, video, codec), video.resume)
+    parts = _prepare_parts(dst, _job_key(pipe, src, s, video, codec), video.resume,
+                           follower=video.rank != 0)
     per_segment = max(1, round(video.segment_seconds * float(info.rate)))
     job = _SegmentJob(pipe, s, video, info, codec, size, parts, per_segment, dst.suffix, warn)
     try:
@@ -135,11 +138,18 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _prepare_parts(dst: Path, key: str, resume: bool) -> Path:
+def _prepare_parts(dst: Path, key: str, resume: bool, follower: bool = False) -> Path:
     """The parts folder for this job; one left by a different job for the same output (or any, without
-    `resume`) is emptied."""
+    `resume`) is emptied. Under torchrun only rank 0 prepares it: the others (`follower`) wait for it."""
     parts = parts_folder(dst)
     stamp = parts / "job.txt"
+    if follower:
+        deadline = time.monotonic() + START_WAIT_SECONDS
+        while not (stamp.exists() and stamp.read_text().strip() == key):
+            if time.monotonic() > deadline:
+                raise ImageError(str(dst), f"rank 0 did not prepare {parts} within {START_WAIT_SECONDS} s")
+            time.sleep(0.2)
+        return parts
     if parts.exists() and (not resume or not stamp.exists() or stamp.read_text().strip() != key):
         shutil.rmtree(parts, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
@@ -252,9 +262,23 @@ def _wait_for_segments(parts: Path, count: int, per_segment: int, suffix: str, w
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     missing = [k for k in range(_segments(count, per_segment)) if not segment_path(parts, k, suffix).exists()]
+    last_change = time.monotonic()
     while missing:
         time.sleep(0.5)
-        missing = [k for k in missing if not segment_path(parts, k, suffix).exists()]
+        still = [k for k in missing if not segment_path(parts, k, suffix).exists()]
+        writing = any(time.time() - _mtime(p) < 60 for p in parts.glob("*.part*"))
+        if len(still) < len(missing) or writing:
+            last_change = time.monotonic()
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            raise ImageError(str(parts), f"segments {still} never came from the other ranks; run again to resume")
+        missing = still
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # renamed or removed meanwhile
+        return 0.0
 
 
 def _segments(count: int, per_segment: int) -> int:
