@@ -336,3 +336,11 @@ def test_torchrun_two_ranks_split_a_clip_and_rank_0_joins_it(tmp_path, model_dir
     model = LinearSR(LinearSRModel.from_pretrained(model_dir))
     enhance_video(model, clip, single, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
     assert all(np.array_equal(a, b) for a, b in zip(decode_rgb(out), decode_rgb(single), strict=True))
+
+
+def test_compile_cache_goes_to_a_persistent_folder_unless_one_is_set():
+    from linearsr.runtime import persistent_compile_cache
+
+    env = {"XDG_CACHE_HOME": "/home/u/.cache"}
+    assert persistent_compile_cache(env) == "/home/u/.cache/linearsr/inductor" == env["TORCHINDUCTOR_CACHE_DIR"]
+    assert persistent_compile_cache({"TORCHINDUCTOR_CACHE_DIR": "/fast/cache"}) == "/fast/cache"

@@ -159,6 +159,7 @@ class LinearSR:
             model.to(self.device)
         self.compiled = bool(compile)
         if compile:
+            runtime.persistent_compile_cache()  # a later run (of the same day, or after a reboot) reuses it
             for expert in model.experts:  # experts, not the model: its routing reads t's value (a graph break)
                 expert.compile(dynamic=True)
         self.tag_encoder = tag_encoder
