@@ -344,3 +344,23 @@ def test_compile_cache_goes_to_a_persistent_folder_unless_one_is_set():
     env = {"XDG_CACHE_HOME": "/home/u/.cache"}
     assert persistent_compile_cache(env) == "/home/u/.cache/linearsr/inductor" == env["TORCHINDUCTOR_CACHE_DIR"]
     assert persistent_compile_cache({"TORCHINDUCTOR_CACHE_DIR": "/fast/cache"}) == "/fast/cache"
+
+
+def test_a_file_that_is_not_a_video_is_one_line_and_the_batch_goes_on(tmp_path, model_dir):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n")
+    good = tmp_path / "good.mp4"
+    make_clip(good, frames=2, audio=False)
+    res = run(fake, good, "--model", model_dir)
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and lines[-1] == "1 upscaled, 1 failed"
+    about = [line for line in lines if "notes.mp4" in line]
+    assert len(about) == 1 and about[0].startswith(f"{fake}: cannot read as video (")
+    assert not (tmp_path / "notes_x4.mp4").exists() and not parts_folder(tmp_path / "notes_x4.mp4").exists()
+
+
+def test_a_clip_is_compiled_only_when_it_is_long_enough_to_pay_for_it():
+    from linearsr.inference.video import worth_compiling
+
+    assert not worth_compiling(3, (2560, 1440))  # 11 MP of output: compiling (~20 s) would cost more
+    assert worth_compiling(25, (2560, 1440)) and worth_compiling(8000, (128, 96))

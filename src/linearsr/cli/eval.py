@@ -52,9 +52,10 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
 
     A video as --data (.mp4 .mkv .mov .webm .avi): PSNR per frame and the warping error (flicker; OpenCV DIS
     flow, occlusion-masked) relative to the HR frames, or with --as-input to bicubic; --limit counts frames."""
-    if Path(data).suffix.lower() in {".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi"}:
-        return _eval_video(model, data, scale, degradation, steps, preset, baselines, out, limit, crop, seed,
-                           device, precision, quiet, as_input)
+    from .video_upscale import media_suffixes
+
+    if Path(data).suffix.lower() in media_suffixes():
+        return _eval_video(click.get_current_context().params)
     from ..evaluation.evaluate import COLUMNS, evaluate
 
     names = [b.strip() for b in baselines.split(",") if b.strip()]
@@ -72,17 +73,19 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
     click.echo(f"wrote {out / 'report.md'}, metrics.json, metrics.csv")
 
 
-def _eval_video(model, data, scale, degradation, steps, preset, baselines, out, limit, crop, seed, device,
-                precision, quiet, as_input) -> None:
+def _eval_video(p: dict) -> None:
+    """`eval` on a clip, with the command's parameters (Lanczos is left out: bicubic is the reference)."""
     from ..evaluation.video_eval import evaluate_video
     from ..settings import SamplingSettings
 
-    names = [b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "lanczos"]
-    res = evaluate_video(model, data, as_input=as_input, scale=scale, degradation=degradation,
-                         settings=SamplingSettings(preset=preset, steps=steps, seed=seed), baselines=names,
-                         out=out, limit=limit, crop=crop, seed=seed, device=device, precision=precision,
-                         progress=not quiet)
-    click.echo(f"{res['frames']} frames, x{scale}; warping error relative to {res['reference']}:")
+    names = [b.strip() for b in p["baselines"].split(",") if b.strip() and b.strip() != "lanczos"]
+    res = evaluate_video(p["model"], p["data"], as_input=p["as_input"], scale=p["scale"],
+                         degradation=p["degradation"], baselines=names, out=p["out"], limit=p["limit"],
+                         settings=SamplingSettings(preset=p["preset"], steps=p["steps"], seed=p["seed"]),
+                         crop=p["crop"], seed=p["seed"], device=p["device"], precision=p["precision"],
+                         progress=not p["quiet"])
+    out = p["out"]
+    click.echo(f"{res['frames']} frames, x{p['scale']}; warping error relative to {res['reference']}:")
     for name, row in res["methods"].items():
         extra = f", PSNR {row['psnr']:.2f}" if "psnr" in row else ""
         click.echo(f"  {name:<11} {row['relative']:.3f} ({row['vs_bicubic']:.3f} x bicubic){extra}, "

@@ -81,13 +81,14 @@ def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degra
             per_frame.append({name: psnr(o.transpose(2, 0, 1), hr_chw, crop_border=scale)
                               for name, o in outputs.items()})
         if len(strip) < STRIP_FRAMES:
-            strip.append(_strip_row(outputs, reference if not as_input else None))
+            strip.append(_strip_row(outputs, reference, as_input))
     flicker = meter.result()
     count = meter.pairs + 1
     results = dict(model=model_name, clip=str(clip), as_input=as_input, scale=scale, crop=crop, frames=count,
                    degradation=None if as_input else degradation, linearsr_settings=runner.settings,
                    reference="bicubic" if as_input else "hr", valid_fraction=flicker["valid_fraction"],
-                   methods={}, notes=notes, strip_columns=[*outputs] + ([] if as_input else ["hr"]))
+                   methods={}, notes=notes,
+                   strip_columns=(["bicubic"] if as_input else []) + [*outputs] + ([] if as_input else ["hr"]))
     bicubic_error = flicker["methods"].get("bicubic", flicker["methods"]["reference"])["warping_error"]
     for name in methods:
         row = dict(flicker["methods"][name], seconds_per_frame=seconds[name] / count)
@@ -101,9 +102,10 @@ def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degra
     return results
 
 
-def _strip_row(outputs: dict, hr: np.ndarray | None) -> np.ndarray:
-    """The centre STRIP_SIDE square of every method's frame (and the HR), side by side, 8-bit."""
-    tiles = [*outputs.values()] + ([hr] if hr is not None else [])
+def _strip_row(outputs: dict, reference: np.ndarray, as_input: bool) -> np.ndarray:
+    """The centre STRIP_SIDE square of every method's frame, side by side, 8-bit: the reference first when it
+    is bicubic (real footage), last when it is the HR."""
+    tiles = ([reference] if as_input else []) + [*outputs.values()] + ([] if as_input else [reference])
     h, w = tiles[0].shape[:2]
     side = min(STRIP_SIDE, h, w)
     top, left = (h - side) // 2, (w - side) // 2

@@ -56,6 +56,7 @@ class VideoSettings:
     resume: bool = True
     overwrite: bool = False
     queue_frames: int = 4
+    compile: bool | None = None  # None: when the clip is big enough to pay for it (worth_compiling)
     rank: int = 0
     world: int = 1
 
@@ -95,6 +96,10 @@ def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, vide
     parts = _prepare_parts(dst, _job_key(pipe, src, s, video, codec), video.resume,
                            follower=video.rank != 0)
     per_segment = max(1, round(video.segment_seconds * float(info.rate)))
+    if not getattr(pipe, "compiled", True) and (video.compile or (
+            video.compile is None and worth_compiling(info.frames, size))):
+        pipe.compile()
+        pipe.warm_up()  # compiles now (or goes back to eager with a warning), not inside the first segment
     job = _SegmentJob(pipe, s, video, info, codec, size, parts, per_segment, dst.suffix, warn)
     try:
         count = job.run(src, progress)
@@ -106,6 +111,15 @@ def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, vide
             raise ImageError(str(dst), f"disk full; the finished segments stay in {parts} for the next try") from None
         raise
     return VideoResult(size=size, frames=count, computed=job.computed, seconds=time.perf_counter() - start)
+
+
+# torch.compile costs ~20 s once on a CPU and saves ~0.25 s per output megapixel (docs/benchmarks.md:
+# 0.69 -> 0.44 s thread-CPU at 1 MP): a clip is compiled when it has at least this many output megapixels
+COMPILE_BREAK_EVEN_MP = 80
+
+
+def worth_compiling(frames: int, size: tuple[int, int]) -> bool:
+    return frames * size[0] * size[1] / 1e6 >= COMPILE_BREAK_EVEN_MP
 
 
 def _output_size(pipe, info: VideoInfo, video: VideoSettings, codec: str) -> tuple[int, int]:
@@ -120,7 +134,7 @@ def _output_size(pipe, info: VideoInfo, video: VideoSettings, codec: str) -> tup
 def _job_key(pipe, src: Path, s: SamplingSettings, video: VideoSettings, codec: str) -> str:
     stat = src.stat()
     fields = {k: v for k, v in asdict(video).items() if k not in ("resume", "overwrite", "queue_frames", "rank",
-                                                                     "world")}
+                                                                     "world", "compile")}
     described = dict(src=str(src.resolve()), size=stat.st_size, mtime=stat.st_mtime_ns, settings=s.to_dict(),
                      video=fields, codec=codec, model=model_fingerprint(pipe.model))
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
