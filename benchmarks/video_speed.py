@@ -6,9 +6,9 @@ same frame as a PNG through `LinearSR.enhance` and an atomic PNG save), and Real
 
 Wall time and process CPU time are both reported: on a shared machine the wall time swings with whatever
 else runs, the CPU time (all threads of this process: decode, model, encode) does not. Real-ESRGAN is
-measured on a small crop (`--realesrgan-size`; it needs ~10-30 s per 0.01-0.02 MP on one CPU core here)
-and its per-frame time at the full sizes is extrapolated from its s/MP (it runs in fixed tiles, so its
-time is linear in the pixels).
+measured on a small crop (`--realesrgan-size`; 16 s for 160x90 -> 640x360 on the shared CPU here), and its
+per-frame time at the full sizes is extrapolated from its s/MP (it runs in fixed tiles, so its time is
+linear in the pixels); it is timed in wall-clock seconds only (ncnn's own threads).
 """
 
 from __future__ import annotations

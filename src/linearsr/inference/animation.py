@@ -30,8 +30,8 @@ def is_animation(path) -> bool:
     try:
         with Image.open(path) as im:
             return bool(getattr(im, "is_animated", False)) and getattr(im, "n_frames", 1) > 1
-    except (OSError, ValueError, SyntaxError):
-        return False  # the image path reports what is wrong with it
+    except Exception:  # noqa: BLE001  (corrupt, a decompression bomb, ...: the image path reports it in one line)
+        return False
 
 
 def enhance_animation(pipe, src, dst, settings: SamplingSettings | None = None,
