@@ -302,7 +302,8 @@ def _segments(count: int, per_segment: int) -> int:
 def _join(parts: Path, count: int, per_segment: int, src: Path, dst: Path, info: VideoInfo, overwrite: bool,
           warn) -> None:
     segments = [segment_path(parts, k, dst.suffix) for k in range(_segments(count, per_segment))]
-    if not segments:
+    if not segments:  # nothing decodable: nothing worth keeping for a next try
+        shutil.rmtree(parts, ignore_errors=True)
         raise ImageError(str(src), "has no decodable video frame")
     joined = parts / f"joined.{os.getpid()}{dst.suffix}"
     video_io.join_segments(segments, src, joined, None, info.rotation, warn)
