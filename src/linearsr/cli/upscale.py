@@ -4,8 +4,8 @@ Batch behaviour: a bad input (corrupt, truncated, empty, not an image) prints on
 the reason, and the batch goes on; at the end a summary ("3 upscaled, 1 failed") and a non-zero exit if
 anything failed. Outputs are written atomically; an existing output is never replaced without --overwrite
 and the input itself never is. Under torchrun (WORLD_SIZE > 1) the sorted file list is sharded, file i to
-rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks; a video goes to
-every rank, which split its segments (cli/video_upscale.share).
+rank i % WORLD_SIZE, so every file is done exactly once with no communication between ranks (a video goes
+to every rank, which split its segments: cli/video_upscale.share).
 """
 
 from __future__ import annotations
@@ -219,9 +219,8 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
 @video_options
 def upscale(inputs, output, model, scale, long_side, device, precision, compile_, fmt, overwrite, save_meta,
             max_pixels, quiet, **knobs) -> None:
-    """Upscale images, videos (.mp4 .mkv .mov .webm .avi) and animated GIF/WebP/PNG: INPUT is a file, a folder
-    (searched recursively) or a glob such as 'photos/*.jpg'. A video keeps its container, sound and
-    timing (clip.mp4 -> clip_x4.mp4); an interrupted video resumes from its last finished segment."""
+    """Upscale images, videos (clip.mp4 -> clip_x4.mp4, sound kept; resumes) and animated GIF/WebP/PNG: INPUT is
+    a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
     from .. import imageio
@@ -242,8 +241,8 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
                meta=dict(model=str(model)) if save_meta else None)
     job.video = dict(video, rank=rank, world=world)
     tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
-    done, failed = _run_batch(job, share(files, rank, world), targets, bars=not quiet and tty, lines=not quiet and not tty,
-                              tag=tag)
+    done, failed = _run_batch(job, share(files, rank, world), targets, bars=not quiet and tty,
+                              lines=not quiet and not tty, tag=tag)
     if not quiet or failed:
         click.echo(f"{tag}{done} upscaled, {failed} failed", err=True)
     if failed:
@@ -391,10 +390,10 @@ def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder
     """Where `path`'s result goes; folders found by a walk keep their sub-folder layout under -o."""
     from ..imagesave import output_path_for
 
-    if fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
-        fmt = "png"
     if is_moving(path):
         fmt = "same"  # a video keeps its container, an animation its format
+    elif fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
+        fmt = "png"
     if out_path is None:
         target = None
     elif as_folder:
