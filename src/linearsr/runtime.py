@@ -218,3 +218,12 @@ class StopSignals:
     def restore(self) -> None:
         for s, handler in self.previous.items():
             _signal.signal(s, handler)
+
+
+def persistent_compile_cache(environ=None) -> str:
+    """Point torch.compile's on-disk cache (compiled kernels and FX graphs) at ~/.cache/linearsr/inductor
+    unless TORCHINDUCTOR_CACHE_DIR is set: the default under /tmp is lost on reboot, and a video (one frame
+    size per clip) or a server would otherwise compile again for tens of seconds. Returns the folder."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(base, "linearsr", "inductor"))

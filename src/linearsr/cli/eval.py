@@ -50,8 +50,11 @@ PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # e
               help="Write side-by-side crop PNGs for the first N images.")
 @click.option("--save-images", is_flag=True, help="Also save every method's full output as PNG.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--as-input", is_flag=True,
+              help="Video --data only: the clip is real footage to upscale (no ground truth; flicker relative to "
+                   "bicubic) instead of HR frames to degrade.", show_default="off")
 def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, paired, out, limit, crop, seed,
-             device, precision, side_by_side, save_images, quiet) -> None:
+             device, precision, side_by_side, save_images, quiet, as_input) -> None:
     """Evaluate a model against bicubic, Lanczos, Real-ESRGAN and SPAN alone on degraded HR photos.
 
     Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
@@ -60,12 +63,19 @@ def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baseline
 
     With --paired DIR (repeatable): the classic benchmarks instead (Set5, Set14, BSD100, Urban100 from
     github.com/jbhuang0604/SelfExSR, or any HR/ + LR/ folder): the given LR files are upscaled and scored
-    as SR papers score them, Y-PSNR and Y-SSIM with `scale` px shaved."""
+    as SR papers score them, Y-PSNR and Y-SSIM with `scale` px shaved.
+
+    A video as --data (.mp4 .mkv .mov .webm .avi): PSNR per frame and the warping error (flicker; OpenCV DIS
+    flow, occlusion-masked) relative to the HR frames, or with --as-input to bicubic; --limit counts frames."""
+    from .video_upscale import media_suffixes
+
     if paired and click.get_current_context().get_parameter_source("baselines") == ParameterSource.DEFAULT:
         baselines = PAIRED_DEFAULT_BASELINES
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     if paired:
         return _eval_paired(paired, model, scale, names, steps, preset, seed, out, limit, device, precision, quiet)
+    if Path(data).suffix.lower() in media_suffixes():
+        return _eval_video(click.get_current_context().params)
     from ..evaluation.evaluate import COLUMNS, evaluate
 
     res = evaluate(model, data, scale=scale, degradation=degradation, steps=steps, preset=preset,
@@ -95,6 +105,28 @@ def _eval_paired(folders, model, scale, baselines, steps, preset, seed, out, lim
         click.echo(f"note: {note}")
     write_paired_reports(res, out)
     click.echo(f"wrote {out / 'report.md'}, metrics.json")
+
+
+def _eval_video(p: dict) -> None:
+    """`eval` on a clip, with the command's parameters (Lanczos is left out: bicubic is the reference)."""
+    from ..evaluation.video_eval import evaluate_video
+    from ..settings import SamplingSettings
+
+    names = [b.strip() for b in p["baselines"].split(",") if b.strip() and b.strip() != "lanczos"]
+    res = evaluate_video(p["model"], p["data"], as_input=p["as_input"], scale=p["scale"],
+                         degradation=p["degradation"], baselines=names, out=p["out"], limit=p["limit"],
+                         settings=SamplingSettings(preset=p["preset"], steps=p["steps"], seed=p["seed"]),
+                         crop=p["crop"], seed=p["seed"], device=p["device"], precision=p["precision"],
+                         progress=not p["quiet"])
+    out = p["out"]
+    click.echo(f"{res['frames']} frames, x{p['scale']}; warping error relative to {res['reference']}:")
+    for name, row in res["methods"].items():
+        extra = f", PSNR {row['psnr']:.2f}" if "psnr" in row else ""
+        click.echo(f"  {name:<11} {row['relative']:.3f} ({row['vs_bicubic']:.3f} x bicubic){extra}, "
+                   f"{row['seconds_per_frame']:.2f} s/frame")
+    for note in res["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {out / 'video_report.md'}, video_metrics.json, video_strip.png")
 
 
 COMMANDS = [eval_cmd]

@@ -6,7 +6,8 @@ anything failed. Missing and non-image inputs and existing outputs are found bef
 (upscale_batch.py). Outputs are written atomically; an existing output is skipped with a note unless
 --overwrite (a rerun is a no-op that succeeds), and the input itself is never replaced. Under torchrun
 (WORLD_SIZE > 1) the sorted file list is sharded, file i to rank i % WORLD_SIZE, so every file is done
-exactly once with no communication between ranks.
+exactly once with no communication between ranks (a video goes to every rank, which split its segments:
+cli/video_upscale.share).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..settings import SamplingSettings
 from . import CONTEXT
 from .upscale_options import CLI_KNOBS, knob_options  # noqa: F401  (CLI_KNOBS: the options' order, for tests)
 from .upscale_batch import ImageProgress, Skipped, check_writable, output_problem, preflight, summary
+from .video_upscale import is_moving, media_suffixes, pop_video_options, run_moving, share, video_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 WRITABLE = {"png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp"}
@@ -51,10 +53,10 @@ def _looks_like_output(path: Path, suffix: str) -> bool:
     stem = path.stem
     if not stem.endswith(suffix):
         return False
-    base = stem[: -len(suffix)]
-    if Path(base).suffix.lower() in IMAGE_SUFFIXES and (path.parent / base).is_file():
+    base, known = stem[: -len(suffix)], IMAGE_SUFFIXES | media_suffixes()
+    if Path(base).suffix.lower() in known and (path.parent / base).is_file():
         return True  # NAME.EXT_x4.png: the name given when two inputs would collide (see plan_outputs)
-    return any((path.parent / f"{base}{s}").exists() for s in IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES})
+    return any((path.parent / f"{base}{s}").exists() for s in known | {s.upper() for s in known})
 
 
 def _key(path: Path) -> Path:
@@ -76,9 +78,10 @@ def collect_inputs(inputs: tuple[str, ...], suffix: str, exclude: Path | None = 
     excluded = exclude.resolve() if exclude is not None else None
 
     def walk(folder: Path) -> None:
+        suffixes = IMAGE_SUFFIXES | media_suffixes()
         for f in sorted(folder.rglob("*")):
             rel = f.relative_to(folder)
-            if (f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts)
+            if (f.is_file() and f.suffix.lower() in suffixes and not any(p.startswith(".") for p in rel.parts)
                     and not _looks_like_output(f, suffix)
                     and not (excluded is not None and excluded in _key(f).parents)):
                 found.setdefault(_key(f), (f, folder))
@@ -134,9 +137,11 @@ def _suffix(scale: float | None, long_side: int | None, native: int) -> str:
               help="Refuse inputs with more pixels than this (decompression-bomb guard; 0 = no limit).")
 @click.option("--quiet", is_flag=True, help="No progress output (failures and their summary still print).",
               show_default="off")
+@video_options
 def upscale(inputs, output, model, scale, long_side, device, precision, compile_, fmt, overwrite, save_meta,
             max_pixels, quiet, **knobs) -> None:
-    """Upscale images: INPUT is a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
+    """Upscale images, videos (clip.mp4 -> clip_x4.mp4, sound kept; resumes) and animated GIF/WebP/PNG: INPUT is
+    a file, a folder (searched recursively) or a glob such as 'photos/*.jpg'."""
     if scale is not None and long_side is not None:
         raise click.UsageError("--scale and --long-side are mutually exclusive")
     if scale is not None and not math.isfinite(scale):  # click's range check lets nan and inf through
@@ -145,6 +150,7 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     from ..inference.pipeline import LinearSR, check_output_fits, resolve_device
     from ..model.checkpoint import load_config, resolve_model_path
 
+    video = pop_video_options(knobs)
     settings = SamplingSettings(**knobs)  # one object, resolved and checked once, for every file
     config = load_config(model)  # fails fast (one line) before any file is touched
     if scale is not None:  # too large even for a 1-pixel input (--scale 1e9): refused before the model loads
@@ -156,14 +162,16 @@ def upscale(inputs, output, model, scale, long_side, device, precision, compile_
     dev = resolve_device(device)
     if world > 1 and dev.type == "cuda":
         dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, _cuda_count())}")
-    work = any(not isinstance(targets[path], Exception) for path, _ in files[rank::world])
+    mine = share(files, rank, world)
+    work = any(not isinstance(targets[path], Exception) for path, _ in mine)
     pipe = LinearSR.from_pretrained(resolve_model_path(model), device=dev, precision=precision,
                                     compile=compile_) if work else None  # only errors and skips: no model needed
     job = _Job(pipe, settings, scale, long_side, overwrite, max_pixels,
                meta=dict(model=str(model)) if save_meta else None)
+    job.video = dict(video, rank=rank, world=world)
     tty, tag = sys.stderr.isatty() and rank == 0, f"[rank {rank}] " if world > 1 else ""
-    done, skipped, failed = _run_batch(job, files[rank::world], targets, bars=not quiet and tty,
-                                       lines=not quiet and not tty, tag=tag)
+    done, skipped, failed = _run_batch(job, mine, targets, bars=not quiet and tty, lines=not quiet and not tty,
+                                       tag=tag)
     if not quiet or failed:
         click.echo(f"{tag}{summary(done, skipped, failed)}", err=True)
     if failed:
@@ -179,7 +187,9 @@ def _plan_batch(inputs, output, suffix: str, fmt: str, imageio) -> tuple[list, d
     as_folder = out_path is not None and (len(files) > 1 or out_path.is_dir() or output.endswith(("/", os.sep))
                                           or any(root is not None for _, root in files)
                                           or (not out_path.exists() and not out_path.suffix))  # "-o out2"
-    problem = output_problem(output, as_folder, files, IMAGE_SUFFIXES, WRITABLE) if output else None
+    videos = {s.lstrip(".") for s in media_suffixes()}
+    writable = WRITABLE | videos if any(path.suffix.lower().lstrip(".") in videos for path, _ in files) else WRITABLE
+    problem = output_problem(output, as_folder, files, IMAGE_SUFFIXES, writable) if output else None
     if problem:
         raise click.UsageError(f"-o {output}: {problem}")
     return files, plan_outputs(files, out_path, as_folder, suffix, fmt, imageio)
@@ -200,6 +210,8 @@ class _Job:
         if dest.exists() and not self.overwrite:
             raise imageio.ImageError(str(dest), f"output exists (from {path}); pass --overwrite to replace it")
         check_writable(dest)  # before the model runs, not after
+        if is_moving(path):
+            return run_moving(self, path, dest, progress)
         loaded = imageio.load_image(path, max_pixels=self.max_pixels)
         rgb, alpha = self.pipe.enhance_arrays(loaded.rgb, loaded.alpha, self.settings, scale=self.scale,
                                               long_side=self.long_side, progress=progress)
@@ -306,7 +318,9 @@ def _destination(path: Path, root: Path | None, out_path: Path | None, as_folder
     """Where `path`'s result goes; folders found by a walk keep their sub-folder layout under -o."""
     from ..imagesave import output_path_for
 
-    if fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
+    if is_moving(path):
+        fmt = "same"  # a video keeps its container, an animation its format
+    elif fmt == "same" and path.suffix.lower().lstrip(".") not in WRITABLE:
         fmt = "png"
     if out_path is None:
         target = None

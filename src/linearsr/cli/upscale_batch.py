@@ -25,13 +25,15 @@ def preflight(mine: list, targets: dict, *, overwrite: bool, max_pixels: int | N
     unreadable or non-image input (its header is read, not its pixels) or an unwritable output folder by
     the ImageError to report, an existing output (without `overwrite`) by a `Skipped` note."""
     from .. import imageio
+    from .video_upscale import media_suffixes
 
     for path, _root in mine:
         dest = targets.get(path)
         if isinstance(dest, Exception):
             continue  # already an error decided by the plan
         try:
-            imageio.probe_image(path, max_pixels=max_pixels)
+            if path.suffix.lower() not in media_suffixes():  # a video's header is read when it is opened
+                imageio.probe_image(path, max_pixels=max_pixels)
             if dest.exists() and not overwrite:
                 targets[path] = Skipped(f"{dest} exists, skipped (from {path}; --overwrite replaces it)")
             else:
@@ -83,7 +85,7 @@ class ImageProgress:
         from tqdm import tqdm
 
         self.bar = tqdm(total=1, unit="step", leave=False, disable=not enabled, file=sys.stderr, desc=name,
-                        dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| {elapsed}")
+                        dynamic_ncols=True, bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s |{bar}| {elapsed}")
         self._stop = threading.Event()
         self._ticker = None
         if enabled:
@@ -94,9 +96,9 @@ class ImageProgress:
         while not self._stop.wait(TICK_S):
             self.bar.refresh()
 
-    def __call__(self, done: int, total: int) -> None:
-        """The pipeline's progress callback: `done` of `total` sampling steps."""
-        self.bar.total = total
+    def __call__(self, done: int, total: int, unit: str = "step") -> None:
+        """The pipeline's progress callback: `done` of `total` sampling steps (frames for a video)."""
+        self.bar.total, self.bar.unit = total, unit
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

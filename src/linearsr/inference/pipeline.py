@@ -175,10 +175,9 @@ class LinearSR:
             model.set_lean(self.device)  # only the active expert on the device
         else:
             model.to(self.device)
-        self.compiled = bool(compile)
+        self.compiled = False
         if compile:
-            for expert in model.experts:  # experts, not the model: its routing reads t's value (a graph break)
-                expert.compile(dynamic=True)
+            self.compile()
         self.tag_encoder = tag_encoder
         self.last_run: dict = {}
         self._warned: set[str] = set()
@@ -187,6 +186,14 @@ class LinearSR:
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
                         precision: str = "auto", tag_encoder="auto", **kwargs) -> "LinearSR":
         return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
+
+    def compile(self) -> None:
+        """torch.compile each expert with dynamic shapes (compiled at the first call; `warm_up` falls back to
+        eager if that fails). The compiled kernels are cached on disk (runtime.persistent_compile_cache)."""
+        runtime.persistent_compile_cache()  # a later run (of the same day, or after a reboot) reuses it
+        for expert in self.model.experts:  # experts, not the model: its routing reads t's value (a graph break)
+            expert.compile(dynamic=True)
+        self.compiled = True
 
     def warm_up(self) -> float:
         """One small upscale, so that one-time costs (compilation, kernel selection) are paid now rather
@@ -230,6 +237,16 @@ class LinearSR:
         rgb, alpha = self.enhance_arrays(loaded.rgb, loaded.alpha, settings, scale=scale, long_side=long_side,
                                          progress=progress, **overrides)
         return image_kinds.like_input(image, loaded, rgb, alpha)
+
+    def enhance_video(self, src, dst, settings: SamplingSettings | None = None, video=None, progress=None):
+        """Upscale the video (or animated GIF/WebP/PNG) `src` into `dst`: sound, timing, rotation and colour
+        tags kept, resumable after a crash. video: a `video.VideoSettings` (codec, crf, scale, ...);
+        progress: callable(frames_done, frames_total). See inference/video.py."""
+        from .animation import enhance_animation, is_animation
+        from .video import enhance_video
+
+        run = enhance_animation if is_animation(src) else enhance_video
+        return run(self, src, dst, settings, video, progress)
 
     def enhance_arrays(self, rgb: np.ndarray, alpha: np.ndarray | None = None,
                        settings: SamplingSettings | None = None, *, scale: float | None = None,
