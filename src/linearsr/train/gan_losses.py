@@ -114,6 +114,7 @@ class AdversarialObjective:
         # one call on real and fake together: one spectral-norm power iteration per step, one DDP reduction
         d_real, d_fake = disc_net(torch.cat([real, fake.detach()])).chunk(2)
         d_loss = discriminator_loss(c.gan_loss, d_real, d_fake)
-        parts = {"pixel": float(pix), "feature": float(feat), "gan_g": float(gan), "gan_d": float(d_loss),
-                 "d_real": float(d_real.float().mean()), "d_fake": float(d_fake.float().mean())}
+        terms = {"pixel": pix, "feature": feat, "gan_g": gan, "gan_d": d_loss, "d_real": d_real.float().mean(),
+                 "d_fake": d_fake.float().mean()}
+        parts = {name: float(value.detach()) for name, value in terms.items()}
         return GanLosses(reconstruction + c.gan_weight * gan, d_loss, reconstruction.detach(), parts)
