@@ -42,6 +42,7 @@ from ..datasets.degradations import degrade
 from ..imageio import load_image
 from ..inference.pipeline import LinearSR
 from ..model.network import LinearSRModel
+from ..model.realism import load_realism
 from ..settings import SamplingSettings
 from . import metrics
 from .artefacts import checkerboard_db, colour_shift, halo
@@ -108,16 +109,18 @@ class LinearSRRunner:
     dict) records what the last call used, for the report."""
 
     def __init__(self, model, settings: SamplingSettings | None = None, *, device="cpu", scale=None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", realism=None) -> None:
         self.model, self.sampling = model, settings or SamplingSettings()
         self.scale = scale or model.config.scale
-        self.pipe, self.engine = LinearSR(model, device=device, precision=precision), "pipeline"
+        self.pipe = LinearSR(model, device=device, precision=precision, realism=realism)
+        self.engine = "pipeline"
         self.device = self.pipe.device
         self.settings: dict = {}
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         rgb, _ = self.pipe.enhance_arrays(lr, None, self.sampling, scale=self.scale)
         self.settings = self.pipe.last_run["settings"].to_dict()
+        self.engine = "pipeline, realism expert" if self.pipe.last_run["realism_expert"] else "pipeline"
         return rgb
 
 
@@ -189,8 +192,10 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
              save_images: bool = False, progress: bool = True, precision: str = "auto") -> dict:
     """Run the evaluation; returns the results dict (also written to `out` when given).
     `model`: a LinearSRModel, a model folder or a bundled model name."""
+    realism = None
     if isinstance(model, (str, Path)):
         model_name, model = str(model), LinearSRModel.from_pretrained(model)
+        realism = load_realism(model_name, model)  # the folder's realism expert, if it ships one
     else:
         model_name = "<in-memory model>"
     model.eval()
@@ -198,7 +203,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
     files = files[:limit] if limit else files
     methods, notes = _baseline_methods(baselines, scale)
     runner = LinearSRRunner(model, SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
-                            scale=scale, precision=precision)
+                            scale=scale, precision=precision, realism=realism)
     methods[LINEARSR] = runner
     use_brisque = brisque_available()
     if not use_brisque:
