@@ -3,6 +3,9 @@ discriminator; steps stay finite, only the t = 0 expert and the discriminator ch
 a NaN streak rolls back, and every snapshot is a model folder with its realism expert."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from linearsr.train.adversarial import run_training
 from linearsr.train.config import TrainConfig
 from linearsr.train.hooks import TrainingStopped
 from linearsr.train.state import read_metrics
-from test_train import write_config
+from test_train import HERE, write_config
 
 PRODUCT = dict(base="span", base_condition=True, degradation_condition=True, expert_boundaries=[0.5])
 
@@ -31,9 +34,9 @@ def trained_model(folder: Path) -> Path:
 
 
 def adversarial_config(tmp: Path, init: Path, **extra) -> TrainConfig:
-    path = write_config(tmp, steps=6, **{"validation.every": 3, "checkpoint.every": 2, "data.crop_size": 48,
-                                         "data.val_crop_size": 48, "optim.schedule": "constant",
-                                         "adversarial.enabled": True, "adversarial.disc_width": 8, **extra})
+    path = write_config(tmp, **{"steps": 6, "validation.every": 3, "checkpoint.every": 2, "data.crop_size": 48,
+                                "data.val_crop_size": 48, "optim.schedule": "constant",
+                                "adversarial.enabled": True, "adversarial.disc_width": 8, **extra})
     cfg = TrainConfig.load(path)
     cfg.init_from = str(init)
     return cfg
@@ -118,3 +121,18 @@ def test_the_stage_needs_a_model_to_start_from(tmp_path):
     cfg.init_from = None
     with pytest.raises(ValueError, match="pass --init-from"):
         run_training(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow  # two processes, each loading SPAN and a discriminator: about a minute on two cores
+def test_two_process_ddp_keeps_generator_and_discriminator_identical(tmp_path):
+    init = trained_model(tmp_path / "init")
+    cfg = adversarial_config(tmp_path, init, **{"steps": 4, "validation.every": 4, "checkpoint.every": 4})
+    path = tmp_path / "adv.json"
+    path.write_text(json.dumps({**cfg.to_dict(), "init_from": str(init)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_worker.py"), str(path), str(tmp_path / "run"), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(r0) == 4 and r0 == r1 and len(set(r0)) > 1  # identical replicas that did train

@@ -204,7 +204,7 @@ class AdversarialTrainer(Trainer):
             scores = validate_generator(generator, self.data.val_set, cfg.validation.seed,
                                         cfg.adversarial.detail_weight, dd.device)
             self.log.write("val", step=step, **scores)
-            self.fidelity.config.provenance = {**generator.config.provenance, "step": step,
+            self.fidelity.config.provenance = {**generator.config.provenance, "realism_step": step,
                                                "samples_seen": step * cfg.optim.batch_size * dd.world}
             save_with_realism(self.fidelity, generator.experts[self.expert], self.run_dir.snapshot(step),
                               overwrite=True)

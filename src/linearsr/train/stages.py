@@ -51,7 +51,8 @@ def finalize_knee(run_dir: RunDir | Path, metrics: dict[str, bool] | None = None
     """The knee of a finished stage (see the module docstring for runs that never passed it); `metrics`:
     the validation metrics to read it from (None: PSNR and SSIM)."""
     run = RunDir.of(run_dir)
-    result = update_knee(run, plot=True, metrics=metrics) or {"found": False, "phase": "too_short", "reason": "no validation"}
+    result = (update_knee(run, plot=True, metrics=metrics)
+              or {"found": False, "phase": "too_short", "reason": "no validation"})
     if result.get("found"):
         return result
     snaps = run.snapshot_steps()
