@@ -55,3 +55,17 @@ def test_halo_sees_sharpening_overshoot_but_not_blur():
     assert halo(sharpened, hr) > 4
     assert halo(hr, hr) == 0.0 and halo(blur(blur(hr)), hr) == 0.0
     assert halo(np.full((64, 64, 3), 0.5), np.full((64, 64, 3), 0.5)) == 0.0  # no edges, nothing to ring
+
+
+def test_eval_reports_a_column_for_each_guard():
+    from linearsr.evaluation.evaluate import COLUMNS, score
+
+    hr = photo_like(136).astype(np.float32)
+    lr = F.avg_pool2d(torch.from_numpy(hr.transpose(2, 0, 1))[None], 4)[0].numpy().transpose(1, 2, 0)
+    tile = np.random.default_rng(1).random((8, 8, 1)) - 0.5
+    gridded = np.clip(hr + 0.01 * np.tile(tile, (17, 17, 3)) + 4 / 255, 0, 1).astype(np.float32)
+    clean, bad = (score(x, hr, border=4, use_brisque=False, lr=lr) for x in (hr, gridded))
+    assert {"checkerboard_db", "colour_shift", "halo"} <= set(COLUMNS)
+    assert clean["checkerboard_db"] == 0.0 and clean["colour_shift"] < 0.5 and clean["halo"] == 0.0
+    assert bad["checkerboard_db"] > 10 and bad["colour_shift"] > 3
+    assert "colour_shift" not in score(None, hr, border=4, use_brisque=False)  # the HR row: no reference
