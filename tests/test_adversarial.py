@@ -82,7 +82,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path):
     run_training(cfg, tmp_path / "a", progress=False)
     cfg.steps = 4  # stopped after step 4 (the last saved state), then resumed to the end
     run_training(cfg, tmp_path / "b", progress=False)
-    cfg.steps = 6
+    cfg.steps, cfg.init_from = 6, None  # a resume finds the model it started from in the run's config.yaml
     run_training(cfg, tmp_path / "b", resume=True, progress=False)
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
         a, b = load_file(str(tmp_path / "a/state" / name)), load_file(str(tmp_path / "b/state" / name))

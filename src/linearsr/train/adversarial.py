@@ -29,6 +29,7 @@ every term. Validation scores the EMA generator (generator_validation.py) and ea
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..model.checkpoint import model_folder, resolve_model_path
 from ..model.discriminator import UNetDiscriminator
 from ..model.network import LinearSRModel, load_pretrained
 from ..model.realism import PREFIX, read_realism, save_with_realism
-from .config import TrainConfig
+from .config import TrainConfig, read_yaml
 from .distributed import Dist, setup_distributed
 from .esgf import knee_snapshot
 from .gan_losses import AdversarialObjective
@@ -119,6 +120,8 @@ class AdversarialTrainer(Trainer):
         run, dd = RunDir.of(run_dir), setup_distributed()
         if (has_train_state(run) or read_metrics(run)) and not resume:
             raise ValueError(f"{run}: already holds a run; pass --resume to continue it or choose another --out")
+        if not cfg.init_from and resume and run.config.is_file():  # resuming: the model the run started from
+            cfg = dataclasses.replace(cfg, init_from=(read_yaml(run.config) or {}).get("init_from"))
         if not cfg.init_from:
             raise ValueError("the adversarial stage starts from a trained model: pass --init-from MODEL_OR_RUN "
                              "(or run it as a stage of a recipe)")
