@@ -1,4 +1,5 @@
-"""Run under torchrun by tests/test_train.py: train a tiny model, record each rank's parameter checksum."""
+"""Run under torchrun by tests/test_train.py and tests/test_adversarial.py: train a tiny model (the flow stage,
+or the adversarial one when the config enables it), record each rank's parameter checksum."""
 
 import json
 import sys
@@ -8,7 +9,7 @@ import torch
 
 from linearsr.train.config import TrainConfig
 from linearsr.train.hooks import TrainHooks
-from linearsr.train.loop import train
+from linearsr.train.adversarial import run_training as train
 
 
 class Record(TrainHooks):

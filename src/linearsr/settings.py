@@ -26,7 +26,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 from .degradation_kinds import LEVELS, parse_degradation
 
@@ -49,6 +49,12 @@ DEGRADATION_NAMES = LEVELS
 PRESETS: dict[str, dict] = {
     "fidelity": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none", strength=1.0),
     "realism": dict(steps=2, guidance=2.0, eta=0.0, color_fix="none", strength=0.5),
+}
+# A model folder that ships a realism expert (model/realism.py: an adversarially trained one-step generator)
+# runs it for realism instead: one network evaluation, deterministic, the whole generated output. Knobs the
+# caller sets explicitly still win (`SamplingSettings.for_generator`), strength included.
+GENERATOR_PRESETS: dict[str, dict] = {
+    "realism": dict(steps=1, guidance=1.0, eta=0.0, color_fix="none", strength=1.0),
 }
 PRESET_NOTES = {"fidelity": "close to the input, fastest", "realism": "sharper, more generated detail"}
 # "default" named the same settings as fidelity (DEFAULTS): accepted for old scripts, never offered twice
@@ -193,18 +199,21 @@ class SamplingSettings:
     memory_budget: int | None = None
     strength: float | None = None
     degradation: dict | None = None
+    # the knobs the caller set (not None at construction), as opposed to those the preset or DEFAULTS filled
+    given: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "given", frozenset(n for n in KNOBS if getattr(self, n) is not None))
         preset = _check("preset", self.preset)
         fallback = {**DEFAULTS, **PRESETS.get(preset, {})}
         sampler = check_choice("sampler", self.sampler or KNOBS["sampler"].default, SAMPLERS)
         if sampler in DETERMINISTIC_SAMPLERS:
             fallback["eta"] = 0.0  # heun has no eta: the preset's does not apply (module doc)
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in KNOBS:
+            value = getattr(self, name)
             if value is None:
-                value = fallback.get(f.name, KNOBS[f.name].default)
-            object.__setattr__(self, f.name, _check(f.name, value))
+                value = fallback.get(name, KNOBS[name].default)
+            object.__setattr__(self, name, _check(name, value))
         if self.eta != 0 and sampler in DETERMINISTIC_SAMPLERS:
             raise ValueError(f"eta must be 0 with the deterministic sampler {sampler}, got {self.eta:g}")
 
@@ -218,7 +227,7 @@ class SamplingSettings:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {name: getattr(self, name) if name in self.given else None for name in KNOBS}
         if changes.get("preset", self.preset) != self.preset:
             values.update(dict.fromkeys(PRESET_KNOBS))
         if changes.get("sampler", self.sampler) != self.sampler:
@@ -228,8 +237,19 @@ class SamplingSettings:
     def to_dict(self) -> dict:
         """JSON-ready: what was used, for reports, image metadata and the web page."""
         out = dataclasses.asdict(self)
+        del out["given"]
         out["tags"] = list(self.tags)
         return out
+
+    def for_generator(self) -> "SamplingSettings":
+        """These settings for a model that runs a one-step generator for its preset (GENERATOR_PRESETS):
+        the knobs the preset filled come from that table instead; the ones the caller set stay."""
+        table = GENERATOR_PRESETS.get(self.preset)
+        if table is None:
+            return self
+        values = {name: getattr(self, name) if name in self.given else None for name in KNOBS}
+        values.update({k: v for k, v in table.items() if k not in self.given})
+        return SamplingSettings(**values)
 
 
 def settings_from(settings: SamplingSettings | None = None, **overrides) -> SamplingSettings:

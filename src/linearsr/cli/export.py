@@ -13,7 +13,8 @@ from . import CONTEXT
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder to write.")
 @click.option("--pick", type=click.Choice(["knee", "best", "last"]), default="knee",
-              help="For a run folder: which snapshot (the ESGF knee, the best validation PSNR, or the last).")
+              help="For a run folder: which snapshot (the ESGF knee, the best validation PSNR (realism score for "
+                   "an adversarial run), or the last).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", help="Stored weight type.")
 @click.option("--estimator", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Put this degradation estimator (`linearsr estimator train`'s file) into the folder, replacing "
@@ -24,16 +25,19 @@ from . import CONTEXT
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | None, clean_strength: float | None,
            overwrite: bool) -> None:
-    """Export a model folder (weights only, no optimizer state) from a run folder or another model folder."""
+    """Export a model folder (weights only, no optimizer state) from a run folder or another model folder;
+    a realism expert (realism.safetensors, from the adversarial stage) is exported with it."""
     import torch
 
     from ..model.network import load_pretrained
+    from ..model.realism import REALISM_NAME, read_realism, save_with_realism
     from ..train.model_init import load_estimator
     from ..train.run_dir import RunDir
 
     run = RunDir(source)
     folder = _pick_snapshot(run, pick) if run.is_run() else source
     model = load_pretrained(folder)
+    realism = read_realism(folder)  # the adversarial stage's realism expert travels with its model
     model.config.provenance = {**model.config.provenance, "exported_from": str(folder), "picked": pick}
     if estimator is not None:
         if model.estimator is None:
@@ -46,9 +50,13 @@ def export(source: Path, out: Path, pick: str, dtype: str, estimator: Path | Non
             raise click.ClickException(f"{folder}: the clean gate needs a model with a degradation estimator")
         model.config.clean_strength = clean_strength
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
-    size = (out / "model.safetensors").stat().st_size
-    click.echo(f"wrote {out} ({size / 1e6:.1f} MB, {dtype}) from {folder}")
+    if realism is None:
+        model.save_pretrained(out, dtype=torch_dtype, overwrite=overwrite)
+    else:
+        save_with_realism(model, realism, out, dtype=torch_dtype, overwrite=overwrite)
+    size = sum((out / name).stat().st_size for name in ("model.safetensors", REALISM_NAME) if (out / name).is_file())
+    extra = " with its realism expert" if realism is not None else ""
+    click.echo(f"wrote {out} ({size / 1e6:.1f} MB, {dtype}){extra} from {folder}")
 
 
 def _pick_snapshot(run, pick: str) -> Path:
@@ -63,11 +71,12 @@ def _pick_snapshot(run, pick: str) -> Path:
         if step is None:
             raise click.ClickException(f"{run}: no knee yet; run `linearsr knee {run}` or use --pick best|last")
     elif pick == "best":
-        vals = [r for r in read_metrics(run, "val") if r.get("step") in snaps
-                and isinstance(r.get("psnr"), (int, float)) and r["psnr"] == r["psnr"]]  # NaN is not a best
+        vals = [r for r in read_metrics(run, "val") if r.get("step") in snaps]
+        metric = "realism_score" if vals and all("realism_score" in r for r in vals) else "psnr"  # adversarial run
+        vals = [r for r in vals if isinstance(r.get(metric), (int, float)) and r[metric] == r[metric]]  # NaN: no best
         if not vals:
-            raise click.ClickException(f"{run}: no validation row with a psnr for any snapshot; use --pick knee|last")
-        step = max(vals, key=lambda r: r["psnr"])["step"]
+            raise click.ClickException(f"{run}: no validation row with a {metric} for any snapshot; use --pick knee|last")
+        step = max(vals, key=lambda r: r[metric])["step"]
     else:
         step = max(snaps)
     if step not in snaps:

@@ -53,7 +53,7 @@ def train(config: Path, overrides: tuple[str, ...], run_dir: Path | None, resume
     if dry_run:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from ..train.loop import train as run
+    from ..train.adversarial import run_training as run
 
     run_dir = run_dir or Path("runs") / config.stem
     try:

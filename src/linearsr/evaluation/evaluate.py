@@ -10,6 +10,8 @@ make the LR input with `degradations.degrade(hr, scale, kind, seed=stable per im
   in the Haar bands above the LR's Nyquist frequency over the HR's; geometric mean of those bands, each
   band's ratio also kept as `detail_bands`, finest first). PSNR and SSIM fall for blur and for grain
   alike; the detail ratio says which (< 1 blurrier, > 1 grainier, 1 = as much detail as the HR);
+* GAN artefact guards (artefacts.py): checkerboard (spectral peaks on the 8-px grid, over the HR's),
+  colour shift (mean colour vs the LR), halo (overshoot next to the HR's strong edges);
 * no reference: NIQE (our MATLAB port) and BRISQUE (OpenCV-contrib; skipped with a note if missing);
   the HR itself gets them too, as the reference row;
 * wall time per image and peak memory: resident-set growth read from /proc/self/status (the kernel's
@@ -40,8 +42,10 @@ from ..datasets.degradations import degrade
 from ..imageio import load_image
 from ..inference.pipeline import LinearSR
 from ..model.network import LinearSRModel
+from ..model.realism import load_realism
 from ..settings import SamplingSettings
 from . import metrics
+from .artefacts import checkerboard_db, colour_shift, halo
 from .brisque import brisque, brisque_available
 from .haar_metrics import detail_bands, geometric_mean, haarpsi, octaves_above_lr
 from .peers import BASELINE_LABELS, BASELINES, baseline_unavailable_reason
@@ -53,6 +57,8 @@ COLUMNS = {
     "psnr": ("PSNR", True), "ssim": ("SSIM", True), "psnr_y": ("PSNR-Y", True), "ssim_y": ("SSIM-Y", True),
     "ms_ssim": ("MS-SSIM-Y", True), "haarpsi": ("HaarPSI", True), "detail_ratio": ("Detail ratio", None),
     "niqe": ("NIQE", False), "brisque": ("BRISQUE", False),
+    "checkerboard_db": ("Checkerboard (dB)", False), "colour_shift": ("Colour shift", False),
+    "halo": ("Halo", False),
     "seconds": ("Time (s)", False), "peak_mem_mb": ("Peak mem (MiB)", False),
 }
 UNSUPPORTED = {name: "needs pretrained network weights that cannot be downloaded here; not supported yet"
@@ -60,6 +66,7 @@ UNSUPPORTED = {name: "needs pretrained network weights that cannot be downloaded
 LINEARSR = "linearsr"
 HR = "hr"
 DEFAULT_BASELINES = tuple(BASELINES)  # every baseline (the CLI spells them out to stay torch-free at import)
+TWO_DECIMALS = ("psnr", "psnr_y", "niqe", "brisque", "checkerboard_db", "colour_shift", "halo")
 DETAIL_LEVELS = 3  # Haar bands kept per image in `detail_bands` (the summary uses the ones above the LR's Nyquist)
 
 
@@ -102,16 +109,18 @@ class LinearSRRunner:
     dict) records what the last call used, for the report."""
 
     def __init__(self, model, settings: SamplingSettings | None = None, *, device="cpu", scale=None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", realism=None) -> None:
         self.model, self.sampling = model, settings or SamplingSettings()
         self.scale = scale or model.config.scale
-        self.pipe, self.engine = LinearSR(model, device=device, precision=precision), "pipeline"
+        self.pipe = LinearSR(model, device=device, precision=precision, realism=realism)
+        self.engine = "pipeline"
         self.device = self.pipe.device
         self.settings: dict = {}
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         rgb, _ = self.pipe.enhance_arrays(lr, None, self.sampling, scale=self.scale)
         self.settings = self.pipe.last_run["settings"].to_dict()
+        self.engine = "pipeline, realism expert" if self.pipe.last_run["realism_expert"] else "pipeline"
         return rgb
 
 
@@ -129,9 +138,11 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None  # JSON has no inf; a flat HR band makes a ratio infinite
 
 
-def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool, scale: int | None = None) -> dict:
+def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool, scale: int | None = None,
+          lr: np.ndarray | None = None) -> dict:
     """Every metric for one (H, W, 3) output in [0, 1] against the HR; `sr=None` scores the HR itself
-    with the no-reference metrics only. `scale` (default: `border`) picks the detail ratio's bands."""
+    with the no-reference metrics only. `scale` (default: `border`) picks the detail ratio's bands; `lr`
+    (the input) is the reference of the colour shift."""
     from .niqe import niqe  # needs scipy (the optional extra linearsr[eval]): imported only when scoring
 
     img = hr if sr is None else sr
@@ -152,11 +163,25 @@ def score(sr: np.ndarray | None, hr: np.ndarray, border: int, use_brisque: bool,
             out["detail_bands"] = [_finite(b) for b in bands]
         else:
             out["detail_ratio"] = out["detail_bands"] = None
+        out.update(_artefacts(img, hr, lr, border))
     try:
         out["niqe"] = niqe(chw)
     except ValueError:  # fewer than two 96x96 blocks
         out["niqe"] = None
     out["brisque"] = brisque(chw) if use_brisque else None
+    return out
+
+
+def _artefacts(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray | None, border: int) -> dict:
+    """The GAN artefact guards (artefacts.py), on the border-cropped images; None where an image is too
+    small for the spectral measure (32 px a side)."""
+    b = border
+    sr_c, hr_c = (x[b:x.shape[0] - b, b:x.shape[1] - b] if b else x for x in (sr, hr))
+    out = {"colour_shift": colour_shift(sr, lr) if lr is not None else None, "halo": halo(sr_c, hr_c)}
+    try:
+        out["checkerboard_db"] = checkerboard_db(sr_c, hr_c)
+    except ValueError:
+        out["checkerboard_db"] = None
     return out
 
 
@@ -167,8 +192,10 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
              save_images: bool = False, progress: bool = True, precision: str = "auto") -> dict:
     """Run the evaluation; returns the results dict (also written to `out` when given).
     `model`: a LinearSRModel, a model folder or a bundled model name."""
+    realism = None
     if isinstance(model, (str, Path)):
         model_name, model = str(model), LinearSRModel.from_pretrained(model)
+        realism = load_realism(model_name, model)  # the folder's realism expert, if it ships one
     else:
         model_name = "<in-memory model>"
     model.eval()
@@ -176,7 +203,7 @@ def evaluate(model, data: str | Path = "demo", *, scale: int = 4, degradation: s
     files = files[:limit] if limit else files
     methods, notes = _baseline_methods(baselines, scale)
     runner = LinearSRRunner(model, SamplingSettings(preset=preset, steps=steps, seed=seed), device=device,
-                            scale=scale, precision=precision)
+                            scale=scale, precision=precision, realism=realism)
     methods[LINEARSR] = runner
     use_brisque = brisque_available()
     if not use_brisque:
@@ -248,7 +275,7 @@ def _evaluate_image(name: str, hr: np.ndarray, lr: np.ndarray, methods: dict, de
         if sr.shape != hr.shape:
             raise RuntimeError(f"{mname} returned {sr.shape} for an HR of {hr.shape}")
         outputs[mname] = sr
-        res = score(sr, hr, scale, use_brisque, scale)
+        res = score(sr, hr, scale, use_brisque, scale, lr=lr)
         res.update(seconds=seconds, peak_mem_mb=mem.peak_bytes / 2**20)
         entry["methods"][mname] = res
     entry["methods"][HR] = score(None, hr, scale, use_brisque)
@@ -327,7 +354,7 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
         cells = []
         for k in COLUMNS:
             v = mean[m].get(k)
-            text = "—" if v is None else (f"{v:.2f}" if k in ("psnr", "psnr_y", "niqe", "brisque") else
+            text = "—" if v is None else (f"{v:.2f}" if k in TWO_DECIMALS else
                                           f"{v:.3f}" if k == "seconds" else f"{v:.1f}" if k == "peak_mem_mb"
                                           else f"{v:.4f}")
             cells.append(f"**{text}**" if v is not None and v == best[k] and m != HR else text)
@@ -335,7 +362,10 @@ def markdown_report(results: dict, out: Path | None = None) -> str:
     lines += ["", "Means over images; best per column (HR excluded) in bold. PSNR/SSIM crop a border of "
               f"{results['scale']} px; Y = BT.601 luma. Detail ratio: the output's luma energy in the Haar "
               "bands above the LR's Nyquist frequency over the HR's (1 = as much detail as the HR, < 1 blurrier, "
-              "> 1 grainier; best = nearest 1). Time is wall time per image after one untimed warm-up; "
+              "> 1 grainier; best = nearest 1). Artefact guards (evaluation/artefacts.py, 0 = none): checkerboard = "
+              "the output's spectral peaks on the 8-px grid over the HR's, in dB; colour shift = largest change of "
+              "a channel's mean vs the LR, halo = mean overshoot beyond the HR's local range next to its strong "
+              "edges, both in 8-bit levels. Time is wall time per image after one untimed warm-up; "
               f"peak memory: {results['memory_method']}; memory the process already held from earlier images "
               "(allocator caches) is not counted, so use `linearsr bench` (a fresh process per configuration) "
               "for absolute peaks.", "", "## Notes", ""]

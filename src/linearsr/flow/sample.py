@@ -51,3 +51,19 @@ def super_resolve(model, lr: torch.Tensor, *, steps: int = 4, sampler: str = "eu
     if gate is None:
         gate = model.residual_gate(lr, degradation_override)
     return model.decode(z * (strength * gate), lr, base=extra.get("base"))
+
+
+def one_step(model, lr: torch.Tensor, noise: torch.Tensor, *, context: torch.Tensor | None = None,
+             context_mask: torch.Tensor | None = None, velocity=None, **condition) -> torch.Tensor:
+    """The one-step sample, differentiable: what `super_resolve(steps=1)` (the fidelity preset) computes
+    without its `no_grad`, the same operations in the same order, so that with the noise of
+    `initial_noise(model.latent_shape(lr), seed)` the two agree bit for bit. One Euler step from t = 0 to
+    t = 1 through the expert that serves t = 0, then decoded over the base image. With the preconditioned
+    parameterisation the network sees no noise at t = 0 (its input is scaled by t) and the noise cancels
+    from the step, so the result is a deterministic function of the LR image: the generator that the
+    adversarial stage trains. `velocity`: the model as called (a DDP wrapper); `condition`: the base image
+    and degradation levels of `model.condition(lr)`."""
+    ts = sampling_timesteps(1, model.config.shift)
+    t, t_next = float(ts[0]), float(ts[1])
+    v = (velocity or model)(noise, t * noise.new_ones(noise.shape[0]), lr, context, context_mask, **condition)
+    return model.decode(noise + (t_next - t) * v, lr, base=condition.get("base"))

@@ -36,6 +36,7 @@ from .. import imageio, runtime
 from ..flow.guidance import guided_velocity
 from ..flow.sample import super_resolve
 from ..model.network import LinearSRModel
+from ..model.realism import load_realism
 from ..precision import AMP_DTYPES, check_device, resolve_precision
 from ..settings import SamplingSettings, settings_from
 from ..tags import TAG_DIM, load_tag_encoder, missing_tag_packages
@@ -159,13 +160,15 @@ class LinearSR:
     mask (1, L)), or None (tags are then ignored with a warning). `last_run` describes the latest call."""
 
     def __init__(self, model, device: str | torch.device = "cpu", precision: str = "auto",
-                 tag_encoder=None, lean: bool = False, compile: bool = False) -> None:
+                 tag_encoder=None, lean: bool = False, compile: bool = False, realism=None) -> None:
         """tag_encoder: a callable (see the class doc), None, or "auto" = `tags.load_tag_encoder()` loaded
         the first time tags are given (MiniLM, when installed and the model's cond_dim matches it).
         precision: "auto" (bf16 where the device multiplies bf16 fast, else fp32; see precision.py), "fp32",
         "bf16" or "fp16" (GPUs). `self.precision` holds the resolved choice. compile: torch.compile each
         expert with dynamic shapes (one compilation serves every image size and every expert); it pays
-        only over many images (a server, a batch): the first call compiles for tens of seconds on a CPU."""
+        only over many images (a server, a batch): the first call compiles for tens of seconds on a CPU.
+        realism: the model folder's realism expert (`model.realism.load_realism`), run for the realism
+        preset in one step; None keeps the realism preset of the flow sampler."""
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -175,6 +178,7 @@ class LinearSR:
             model.set_lean(self.device)  # only the active expert on the device
         else:
             model.to(self.device)
+        self.realism = None if realism is None else realism.to(self.device).eval()  # shares model's base
         self.compiled = False
         if compile:
             self.compile()
@@ -185,13 +189,15 @@ class LinearSR:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device = "auto",
                         precision: str = "auto", tag_encoder="auto", **kwargs) -> "LinearSR":
-        return cls(LinearSRModel.from_pretrained(name_or_path), device, precision, tag_encoder, **kwargs)
+        model = LinearSRModel.from_pretrained(name_or_path)
+        return cls(model, device, precision, tag_encoder, realism=load_realism(name_or_path, model), **kwargs)
 
     def compile(self) -> None:
         """torch.compile each expert with dynamic shapes (compiled at the first call; `warm_up` falls back to
         eager if that fails). The compiled kernels are cached on disk (runtime.persistent_compile_cache)."""
         runtime.persistent_compile_cache()  # a later run (of the same day, or after a reboot) reuses it
-        for expert in self.model.experts:  # experts, not the model: its routing reads t's value (a graph break)
+        realism = self.realism.experts if self.realism is not None else []
+        for expert in [*self.model.experts, *realism]:  # experts, not the model: its routing reads t (a graph break)
             expert.compile(dynamic=True)
         self.compiled = True
 
@@ -207,7 +213,7 @@ class LinearSR:
         except Exception as e:  # noqa: BLE001  (inductor raises many kinds; eager is always a fallback)
             if not self.compiled:
                 raise
-            for expert in self.model.experts:
+            for expert in [*self.model.experts, *(self.realism.experts if self.realism is not None else [])]:
                 expert._compiled_call_impl = None  # what nn.Module.compile set; None = eager again
             self.compiled = False
             self._warn_once(f"torch.compile failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
@@ -254,6 +260,9 @@ class LinearSR:
         """The core on float arrays: rgb (H, W, 3) in [0, 1], alpha (H, W) or None -> (rgb, alpha) upscaled.
         `settings`, `overrides`, `scale`, `long_side`, `progress`: as for `enhance`."""
         s = settings_from(settings, **overrides)
+        generator = self.realism is not None and s.preset == "realism"
+        if generator:
+            s = self._generator_settings(s)
         native = self.model.config.scale
         rgb, alpha = image_kinds.check_arrays(rgb, alpha)
         h, w = rgb.shape[:2]
@@ -275,7 +284,8 @@ class LinearSR:
                 if progress is not None:
                     progress(offset + info["i"] + 1, passes * s.steps)
 
-            cur, plan = self._one_pass(cur, s, s.seed + j * PASS_SEED_STRIDE, context, mask, budget, report)
+            cur, plan = self._one_pass(cur, s, s.seed + j * PASS_SEED_STRIDE, context, mask, budget, report,
+                                       self.realism if generator else self.model)
             if not np.isfinite(cur).all():  # would be written as a black image and reported as success
                 raise RuntimeError("the model produced NaN/inf values (damaged weights, or an fp16 overflow: "
                                    "try --precision fp32); nothing was written")
@@ -285,14 +295,24 @@ class LinearSR:
         if alpha is not None:
             alpha = imageio.resize_rgb(alpha, (tw, th))
         self.last_run = dict(settings=s, passes=passes, plans=plans, size=(tw, th), tags=list(s.tags),
-                             seconds=time.perf_counter() - start, budget_bytes=budget, precision=self.precision)
+                             seconds=time.perf_counter() - start, budget_bytes=budget, precision=self.precision,
+                             realism_expert=generator)
         if self.device.type == "cpu":
             runtime.release_memory()  # the image is done: its freed activations go back to the system
         return cur, alpha
 
+    def _generator_settings(self, s: SamplingSettings) -> SamplingSettings:
+        """The realism preset on a model with a realism expert: its own preset knobs (settings.py,
+        GENERATOR_PRESETS), one step and no guidance whatever is asked (it is a one-step generator)."""
+        s = s.for_generator()
+        if s.steps != 1 or s.guidance != 1.0:
+            self._warn_once("this model's realism preset is a one-step generator: steps and guidance do not apply")
+            s = s.override(steps=1, guidance=1.0)
+        return s
+
     # ---- one native pass ----------------------------------------------------------------------------
-    def _one_pass(self, rgb, s: SamplingSettings, seed: int, context, mask, budget: int, report):
-        model, cfg = self.model, self.model.config
+    def _one_pass(self, rgb, s: SamplingSettings, seed: int, context, mask, budget: int, report, model):
+        cfg = model.config
         h, w = rgb.shape[:2]
         lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
         unit = cfg.multiple // math.gcd(cfg.multiple, cfg.scale)  # LR multiple giving an HR multiple

@@ -65,16 +65,20 @@ def atomic_dir(final: Path, write) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """Write config + weights to `path` atomically."""
+def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write config + weights to `path` atomically. `extra`: more weight files of the folder, {file name:
+    tensors} (e.g. the realism expert, model/realism.py), written in the same atomic step, cast alike."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it")
-    tensors = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous()
-               for k, v in model_tensors(model).items()}
+    files = {WEIGHTS_NAME: model_tensors(model), **(extra or {})}
+    files = {name: {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous() for k, v in tensors.items()}
+             for name, tensors in files.items()}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "linearsr"})
+        for name, tensors in files.items():
+            save_file(tensors, str(tmp / name), metadata={"format": "linearsr"})
         model.config.save(tmp / CONFIG_NAME)
 
     try:

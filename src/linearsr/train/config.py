@@ -93,6 +93,24 @@ class ExpertsConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """The adversarial stage (adversarial.py, losses in gan_losses.py): `enabled` turns a config into one.
+    The generator is the one-step map of the model in `init_from`; only its t = 0 expert trains."""
+
+    enabled: bool = False
+    pixel_loss: str = "l1"  # "l1" or "charbonnier"
+    pixel_weight: float = 1.0
+    feature_loss: str = "random"  # "random" (fixed random CNN), "discriminator" (its encoder) or "none"
+    feature_weight: float = 1.0
+    feature_seed: int = 0  # the random CNN's weights: the same seed, the same network everywhere
+    gan_loss: str = "hinge"  # "hinge" or "relativistic" (relativistic average, ESRGAN's)
+    gan_weight: float = 0.1
+    disc_width: int = 16  # the U-Net discriminator's first width (16: about 270 k parameters)
+    disc_lr_ratio: float = 1.0  # the discriminator's learning rate over the generator's (optim.lr schedule)
+    detail_weight: float = 0.25  # validation score: haarpsi - detail_weight * |ln(detail ratio)|
+
+
+@dataclass
 class TrainConfig:
     model_size: str = "small"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides on top of the named size
@@ -115,6 +133,7 @@ class TrainConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def time_sampler(self, shift: float):
         return TimeSampler(kind=self.time.kind, mean=self.time.mean, std=self.time.std, shift=shift,
@@ -239,6 +258,11 @@ RANGES: dict[str, tuple | set] = {
     "guard.max_bad_steps": (1, None), "guard.lr_factor": (0, 1, "positive"), "guard.max_rollbacks": (0, None),
     "guard.spike_factor": (1, None), "guard.spike_window": (1, None), "guard.baseline_beta": (0, 1),
     "early_stop.min_confidence": (0, 1), "experts.count": (1, None), "experts.spacing": {"snr", "uniform"},
+    "adversarial.pixel_loss": {"l1", "charbonnier"}, "adversarial.pixel_weight": (0, None),
+    "adversarial.feature_loss": {"random", "discriminator", "none"}, "adversarial.feature_weight": (0, None),
+    "adversarial.gan_loss": {"hinge", "relativistic"}, "adversarial.gan_weight": (0, None),
+    "adversarial.disc_width": (1, None), "adversarial.disc_lr_ratio": (0, None, "positive"),
+    "adversarial.detail_weight": (0, None),
 }
 
 

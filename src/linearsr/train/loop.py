@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -186,6 +187,8 @@ def wrap_ddp(model: LinearSRModel, dd: Dist) -> torch.nn.Module:
 
 @dataclass
 class Trainer:
+    knee_metrics: ClassVar[dict[str, bool] | None] = None  # what ESGF reads the knee from (None: PSNR, SSIM)
+
     cfg: TrainConfig
     run_dir: RunDir
     dd: Dist
@@ -341,7 +344,8 @@ class Trainer:
         """ESGF: detect the knee on the validation curves (writes knee.json); True when training should stop."""
         if not self.cfg.early_stop.enabled:
             return False
-        result = update_knee(self.run_dir, min_confidence=self.cfg.early_stop.min_confidence)
+        result = update_knee(self.run_dir, min_confidence=self.cfg.early_stop.min_confidence,
+                             metrics=self.knee_metrics)
         if result is not None and result.get("stop"):
             self.log.write("event", step=self.state.step, event="early_stop", knee_step=result["step"],
                            reason=result["reason"])

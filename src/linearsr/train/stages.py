@@ -19,9 +19,9 @@ import dataclasses
 import json
 from pathlib import Path
 
+from .adversarial import knee_metrics, run_training
 from .config import TrainConfig, read_yaml
 from .esgf import update_knee
-from .loop import train
 from .run_dir import RunDir
 
 
@@ -47,10 +47,12 @@ def is_recipe(path: str | Path) -> bool:
     return isinstance(raw, dict) and "stages" in raw
 
 
-def finalize_knee(run_dir: RunDir | Path) -> dict:
-    """The knee of a finished stage (see the module docstring for runs that never passed it)."""
+def finalize_knee(run_dir: RunDir | Path, metrics: dict[str, bool] | None = None) -> dict:
+    """The knee of a finished stage (see the module docstring for runs that never passed it); `metrics`:
+    the validation metrics to read it from (None: PSNR and SSIM)."""
     run = RunDir.of(run_dir)
-    result = update_knee(run, plot=True) or {"found": False, "phase": "too_short", "reason": "no validation"}
+    result = (update_knee(run, plot=True, metrics=metrics)
+              or {"found": False, "phase": "too_short", "reason": "no validation"})
     if result.get("found"):
         return result
     snaps = run.snapshot_steps()
@@ -94,8 +96,8 @@ def _run_stage(stage: dict, run: RunDir, previous: RunDir | None, overrides, pro
     if previous is not None:  # a new config rather than an edit: the loaded one stays as its file says
         cfg = dataclasses.replace(cfg, init_from=str(previous))
     echo(f"[{name}] training in {run}" + (f" from the knee of {previous}" if previous else ""))
-    summary = train(cfg, run, resume=True, progress=progress)
-    knee = finalize_knee(run)
+    summary = run_training(cfg, run, resume=True, progress=progress)
+    knee = finalize_knee(run, knee_metrics(cfg))
     summary = {"stage": name, **summary, "knee_step": knee["step"]}
     run.stage_done.write_text(json.dumps(summary, indent=1))
     echo(f"[{name}] done at step {summary['step']}; knee at step {knee['step']}")
