@@ -100,6 +100,11 @@ OPENCV_PHOTOS = (
     "stuff.jpg",
 )
 
+# Looked at and left out whole, no photograph in their bookworm versions:
+# lomiri-wallpapers (Ubuntu gradient), ukui-wallpapers (vector art, 3D ribbon
+# renders, illustrations), gnome-backgrounds 43 (Blender renders and SVGs; the
+# photos its copyright file names were dropped upstream), sway-backgrounds
+# (logo on a gradient) and desktop-base (SVG themes, logos, a screenshot).
 TRAIN_SOURCES = (
     DebSource("mate-backgrounds", "train", "usr/share/backgrounds/mate", "",
               tuple(f"nature/{n}" for n in MATE_NATURE)),
