@@ -98,7 +98,12 @@ def test_values_are_normalised():
 
 def test_the_torch_free_copies_match_their_modules():
     assert SAMPLERS == tuple(samplers.SAMPLERS) and COLOR_FIXES == tuple(colorfix.COLOR_FIXES)
-    assert DEGRADATION_NAMES == degradation_level.NAMES
+    smooth = torch.linspace(-0.5, 0.5, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    noisy = smooth + 0.2 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    levels = degradation_level.estimate_degradation(smooth), degradation_level.estimate_degradation(noisy)
+    assert levels[0].shape == (1, len(DEGRADATION_NAMES))  # one level per name, noise where the names say
+    rise = (levels[1] - levels[0])[0]
+    assert int(rise.argmax()) == DEGRADATION_NAMES.index("noise"), rise
     x, ts = torch.zeros(1, 1, 2, 2), torch.tensor([0.0, 1.0])
     for name, sampler in samplers.SAMPLERS.items():
         if name in DETERMINISTIC_SAMPLERS:

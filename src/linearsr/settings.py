@@ -28,7 +28,7 @@ import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .degradation_kinds import LEVELS, parse_degradation
+from .degradation_kinds import LEVELS, PARAMS, parse_degradation
 
 # Mirrors of constants that live in torch-importing modules (samplers.SAMPLERS, colorfix.COLOR_FIXES);
 # tests/test_settings.py fails when one of them changes without the other.
@@ -100,8 +100,10 @@ KNOBS: dict[str, Knob] = {
     "strength": Knob("How much generated detail to keep over the restoration prior (0 = the prior image "
                      "alone, e.g. SPAN's; models without a base ignore it).", DEFAULTS["strength"], 0.0, 1.0,
                      page=(0.0, 1.0, 0.05)),
-    "degradation": Knob('Override the estimated degradation levels, e.g. "noise=0.5,jpeg=0" (names '
-                        f'{", ".join(DEGRADATION_NAMES)}; levels 0 to 4).'),
+    "degradation": Knob('Override the estimated degradation: "clean", "unknown" (blind), or name=value pairs, '
+                        f'e.g. "jpeg=0.5,noise=0". Models with a degradation estimator (v0.4): names '
+                        f'{", ".join(PARAMS)}, values 0 to 1; older models: {", ".join(DEGRADATION_NAMES)}, '
+                        'levels 0 to 4.'),
 }
 
 
