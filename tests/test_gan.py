@@ -77,3 +77,19 @@ def test_pixel_losses():
     assert float(pixel_loss("l1", a, b)) == pytest.approx(0.25)
     expected = (CHARBONNIER_EPS + math.sqrt(0.25 + CHARBONNIER_EPS**2)) / 2
     assert float(pixel_loss("charbonnier", a, b)) == pytest.approx(expected)
+
+
+def test_grid_loss_sees_a_faint_8px_pattern_that_the_pixel_loss_barely_feels():
+    from linearsr.train.gan_losses import grid_loss, pixel_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    cell = torch.randn(1, 1, 8, 8, generator=g)
+    pattern = (cell - cell.mean()).repeat(1, 1, 8, 8) * 0.02  # the same 8 x 8 tile everywhere
+    noise = torch.randn(2, 3, 64, 64, generator=g) * pattern.std()
+    assert grid_loss(real, real) == 0
+    by_grid = grid_loss(real + pattern, real), grid_loss(real + noise, real)
+    by_pixel = float(pixel_loss("l1", real + pattern, real)), float(pixel_loss("l1", real + noise, real))
+    assert by_grid[0] > 5 * by_grid[1]  # the periodic error stands out, the random one averages away
+    assert by_pixel[0] == pytest.approx(by_pixel[1], rel=0.3)  # to the pixel loss they are alike
+    assert grid_loss(real + 0.3, real) < 1e-6  # a uniform shift is no pattern (the colour guard's job)

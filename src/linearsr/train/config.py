@@ -103,6 +103,7 @@ class AdversarialConfig:
     feature_loss: str = "random"  # "random" (fixed random CNN), "discriminator" (its encoder) or "none"
     feature_weight: float = 1.0
     feature_seed: int = 0  # the random CNN's weights: the same seed, the same network everywhere
+    grid_weight: float = 4.0  # the error's 8 x 8-periodic pattern (gan_losses.grid_loss): the checkerboard guard
     gan_loss: str = "hinge"  # "hinge" or "relativistic" (relativistic average, ESRGAN's)
     gan_weight: float = 0.1
     disc_width: int = 16  # the U-Net discriminator's first width (16: about 270 k parameters)
@@ -260,6 +261,7 @@ RANGES: dict[str, tuple | set] = {
     "early_stop.min_confidence": (0, 1), "experts.count": (1, None), "experts.spacing": {"snr", "uniform"},
     "adversarial.pixel_loss": {"l1", "charbonnier"}, "adversarial.pixel_weight": (0, None),
     "adversarial.feature_loss": {"random", "discriminator", "none"}, "adversarial.feature_weight": (0, None),
+    "adversarial.grid_weight": (0, None),
     "adversarial.gan_loss": {"hinge", "relativistic"}, "adversarial.gan_weight": (0, None),
     "adversarial.disc_width": (1, None), "adversarial.disc_lr_ratio": (0, None, "positive"),
     "adversarial.detail_weight": (0, None),

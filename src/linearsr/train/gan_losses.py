@@ -8,6 +8,10 @@ L1 + perceptual + GAN at 1 : 1 : 0.1, with the perceptual network replaced by on
 * feature: the L1 distance between multi-scale features of the output and of the HR, from a fixed random
   CNN (`RandomFeatureNet`) or from the discriminator's own encoder (`UNetDiscriminator.encode`); each scale
   is one term of the mean, so coarse and fine features count alike;
+* grid: the L1 size of the error's 8 x 8-periodic pattern (the error averaged over every 8 x 8 cell of the
+  crop, per channel, its mean removed). That pattern is exactly what the checkerboard measure of
+  `evaluation/artefacts.py` sees at the grid frequencies; averaging over the cells makes a faint pattern that
+  repeats in every cell count as much as a strong error in one place, where the pixel loss barely feels it;
 * GAN: "hinge" (the discriminator pushes real logits above +1 and fake ones below -1; the generator raises
   its fake logits), or "relativistic" (relativistic average GAN, ESRGAN's choice: each side asks whether
   real is more real than the average fake, and the other way round, with binary cross-entropy).
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.artefacts import GRID_PERIOD
 from ..model.discriminator import RandomFeatureNet, UNetDiscriminator
 
 CHARBONNIER_EPS = 1e-3  # in [-1, 1] image units: below about 1/4 of an 8-bit level, the loss is quadratic
@@ -40,6 +45,15 @@ def feature_distance(fake_feats: list[torch.Tensor], real_feats: list[torch.Tens
     """Mean over scales of the L1 distance between matching feature maps."""
     terms = [(a.float() - b.float()).abs().mean() for a, b in zip(fake_feats, real_feats)]
     return torch.stack(terms).mean()
+
+
+def grid_loss(fake: torch.Tensor, real: torch.Tensor, period: int = GRID_PERIOD) -> torch.Tensor:
+    """L1 of the error's period x period pattern: (B, C, H, W) crops (sides cut to multiples of `period`)."""
+    b, c, h, w = fake.shape
+    h, w = h - h % period, w - w % period
+    diff = (fake.float() - real.float())[..., :h, :w]
+    pattern = diff.reshape(b, c, h // period, period, w // period, period).mean(dim=(2, 4))
+    return (pattern - pattern.mean(dim=(2, 3), keepdim=True)).abs().mean()
 
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -108,13 +122,14 @@ class AdversarialObjective:
         elif c.feature_loss == "discriminator":
             feat = feature_distance(feats_fake, feats_real)
         gan = generator_gan_loss(c.gan_loss, logits_real, logits_fake)
-        reconstruction = c.pixel_weight * pix + c.feature_weight * feat
+        grid = grid_loss(fake, real)
+        reconstruction = c.pixel_weight * pix + c.feature_weight * feat + c.grid_weight * grid
         disc.requires_grad_(True)
         disc.train()
         # one call on real and fake together: one spectral-norm power iteration per step, one DDP reduction
         d_real, d_fake = disc_net(torch.cat([real, fake.detach()])).chunk(2)
         d_loss = discriminator_loss(c.gan_loss, d_real, d_fake)
-        terms = {"pixel": pix, "feature": feat, "gan_g": gan, "gan_d": d_loss, "d_real": d_real.float().mean(),
+        terms = {"pixel": pix, "feature": feat, "grid": grid, "gan_g": gan, "gan_d": d_loss, "d_real": d_real.float().mean(),
                  "d_fake": d_fake.float().mean()}
         parts = {name: float(value.detach()) for name, value in terms.items()}
         return GanLosses(reconstruction + c.gan_weight * gan, d_loss, reconstruction.detach(), parts)
