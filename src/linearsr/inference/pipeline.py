@@ -23,7 +23,6 @@ every knob's range live in settings.py); the output size (`scale` or `long_side`
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -37,16 +36,16 @@ from ..flow.guidance import guided_velocity
 from ..flow.sample import super_resolve
 from ..model.network import LinearSRModel
 from ..model.realism import load_realism
-from ..precision import AMP_DTYPES, check_device, resolve_precision
+from ..precision import AMP_DTYPES, resolve_precision
 from ..settings import SamplingSettings, settings_from
 from ..tags import TAG_DIM, load_tag_encoder, missing_tag_packages
 from . import image_kinds
 from .colorfix import apply_color_fix
 from .memory import estimate_peak_memory, ffn_chunk_rows_for, plan_memory, tiled_peak_memory
+from .sizing import (MEMORY_FRACTION, UPSCALE_SLACK, available_memory, check_output_fits,  # noqa: F401 (re-exported)
+                     count_passes, output_size, resolve_device)
 from .tiling import TiledVelocity
 
-UPSCALE_SLACK = 1.25  # the final Lanczos may enlarge by at most this much instead of running another pass
-MEMORY_FRACTION = {"cpu": 0.5, "mps": 0.5, "cuda": 0.85}  # of available memory, when no budget is given
 PRECISIONS = AMP_DTYPES  # resolved precision -> autocast dtype; "auto" is resolved per device (precision.py)
 # Token rows per Mix-FFN band on a CPU, whatever the memory: bands of 32 rows are as fast at 1 MP and faster at
 # 4 MP (3.07 vs 3.38 s), and keep the 800-channel hidden activations small enough for the heap to reuse
@@ -55,75 +54,6 @@ CPU_FFN_ROWS = 32
 PASS_SEED_STRIDE = 1000  # pass j samples with seed + j * stride (super_resolve also uses seed + 1)
 MIN_LR_SIDE = 3  # smaller inputs are padded (edge repeated) to this before a pass, and cropped after
 NO_ENCODER = "no tag encoder is available; tags are ignored (sampling with the null tokens)"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" = cuda if available, else mps, else cpu; a device this machine lacks is a one-line ValueError."""
-    if str(device) != "auto":
-        return check_device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes free now: free device memory on CUDA, else available RAM (MemAvailable, or sysconf)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30  # unknown platform: assume a modest 4 GiB
-
-
-def output_size(w: int, h: int, scale: float | None, long_side: int | None, native: int) -> tuple[int, int]:
-    """(width, height) of the result: `scale` times the input, or the long side set to `long_side`."""
-    if scale is not None and long_side is not None:
-        raise ValueError("give scale or long_side, not both")
-    if long_side is not None:
-        if long_side < 1:
-            raise ValueError(f"long_side must be >= 1, got {long_side}")
-        scale = long_side / max(w, h)
-        size = (long_side, max(1, round(h * scale))) if w >= h else (max(1, round(w * scale)), long_side)
-        return size
-    scale = native if scale is None else float(scale)
-    if not scale > 0 or not math.isfinite(scale):
-        raise ValueError(f"scale must be a positive number, got {scale}")
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-#: Host bytes per output pixel while a result is finished: float RGB of the last pass and of its resize, the
-#: float alpha, the 8-bit image and its encoder's buffer.
-OUTPUT_BYTES_PER_PIXEL = 32
-
-
-def check_output_fits(width: int, height: int, available: int | None = None) -> None:
-    """ValueError (one line, naming the size) when a width x height result cannot be held in the memory
-    available now (`available` bytes; default: this machine's). The model's own work is tiled to fit, the
-    finished image is not, so `--scale 1e9` is refused here instead of after minutes of work."""
-    available = available_memory(torch.device("cpu")) if available is None else available
-    need = width * height * OUTPUT_BYTES_PER_PIXEL
-    if need > available:
-        raise ValueError(f"the result would be {width}x{height} = {width * height / 1e6:.4g} MP, needing about "
-                         f"{need / 2**30:.4g} GiB; {available / 2**30:.1f} GiB of memory is available; choose a "
-                         f"smaller scale or long side")
-
-
-def count_passes(factor: float, native: int) -> int:
-    """Native passes for an overall enlargement `factor` (see the module doc)."""
-    k = 1
-    while native**k * UPSCALE_SLACK < factor:
-        k += 1
-    return k
 
 
 class _DeviceForward:
