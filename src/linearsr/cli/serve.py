@@ -10,6 +10,10 @@ import click
 
 from . import CONTEXT
 
+# the defaults of inference/jobs.py's `Limits`, repeated here so that `--help` loads no torch (jobs imports the
+# pipeline); tests/test_web_video.py checks that both agree
+LIMITS_VIDEO = {"video_mb": 50.0, "video_seconds": 10.0, "video_frames": 300, "video_pixels": 518_400}
+
 
 @click.command(context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1",
@@ -24,17 +28,28 @@ from . import CONTEXT
               help="torch.compile the model and warm it up before serving: each image is then faster (1.6x "
                    "at 1 MP on a CPU), at the price of a slower start (20-40 s on a 2-core CPU).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0), default=20.0, metavar="MB",
-              help="Refuse uploads larger than this many megabytes (0 = no limit).")
+              help="Images: refuse uploads larger than this many megabytes (0 = no limit).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=16_000_000, metavar="N",
               help="Refuse images with more pixels than this, checked before decoding (0 = no limit).")
 @click.option("--max-job-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0, metavar="S",
               help="Stop a job that runs longer than this (checked after every sampling step).")
+@click.option("--max-video-mb", type=click.FloatRange(min=0), default=LIMITS_VIDEO["video_mb"], metavar="MB",
+              help="Videos: refuse uploads larger than this many megabytes (0 = no limit).")
+@click.option("--max-video-seconds", type=click.FloatRange(min=0), default=LIMITS_VIDEO["video_seconds"],
+              metavar="S", help="Videos: refuse clips longer than this, as their header states it, before any "
+                                "work (0 = no limit).")
+@click.option("--max-video-frames", type=click.IntRange(min=0), default=LIMITS_VIDEO["video_frames"], metavar="N",
+              help="Videos: refuse clips with more frames than this; checked from the header and again while "
+                   "the job runs (0 = no limit).")
+@click.option("--max-video-pixels", type=click.IntRange(min=0), default=LIMITS_VIDEO["video_pixels"], metavar="N",
+              help="Videos: refuse clips whose frames have more pixels than this (518400 = 960x540, which "
+                   "x4 makes 3840x2160; 0 = no limit).")
 @click.option("--tagger", default=None, metavar="MODULE:CALLABLE",
               help="Tagger plug-in (or entry-point name in linearsr.taggers) that pre-fills the tags on upload.",
               show_default="none")
 def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pixels, max_job_seconds,
-          tagger) -> None:
-    """Serve a local web page for upscaling one image at a time (Ctrl-C to stop)."""
+          max_video_mb, max_video_seconds, max_video_frames, max_video_pixels, tagger) -> None:
+    """Serve a local web page for upscaling one image or one short video at a time (Ctrl-C to stop)."""
     from ..inference.jobs import LIMITS
     from ..inference.web import serve as run_server
     from ..model.checkpoint import load_config
@@ -58,7 +73,9 @@ def serve(host, port, model, device, precision, compile_, max_upload_mb, max_pix
             model.warm_up()
     run_server(model, host=host, port=port, device=device, max_upload_mb=max_upload_mb or None,
                max_pixels=max_pixels or None, tagger=tagger,
-               limits=dataclasses.replace(LIMITS, job_seconds=max_job_seconds))
+               limits=dataclasses.replace(LIMITS, job_seconds=max_job_seconds, video_mb=max_video_mb,
+                                          video_seconds=max_video_seconds, video_frames=max_video_frames,
+                                          video_pixels=max_video_pixels))
     # Stopped cleanly (Ctrl-C or `kill`): jobs ended, server closed, temporary folder removed. What is left
     # is the interpreter tearing down torch and gradio, 2-10 s on a busy CPU, which made `kill` look hung.
     sys.stdout.flush()

@@ -54,6 +54,11 @@ class Limits:
     job_seconds: float = 600.0        # wall-clock bound of one job; it stops at the next sampling step
     body_idle_seconds: float = 15.0   # a request body silent this long is refused (408): see request_guard.py
     body_seconds: float = 300.0       # and one not complete after this long (20 MB at 70 kB/s)
+    # videos (inference/video_jobs.py): a short clip, checked from its header before any frame is decoded
+    video_mb: float = 50.0            # upload size; the server's own upload cap is the larger of this and images'
+    video_seconds: float = 10.0       # duration
+    video_frames: int = 300           # frames (10 s at 30 fps); also counted while decoding, headers can lie
+    video_pixels: int = 518_400       # one frame's size: 960x540, so that x4 stays within 3840x2160
 
 
 LIMITS = Limits()

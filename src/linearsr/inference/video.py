@@ -83,8 +83,12 @@ def parts_folder(dest: Path) -> Path:
 
 def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, video: VideoSettings | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  warn: Callable[[str], None] = lambda line: None) -> VideoResult:
-    """Upscale the video `src` into `dst` with `pipe` (a `LinearSR`); see the module doc."""
+                  warn: Callable[[str], None] = lambda line: None, *,
+                  step: Callable[[int, int], None] | None = None) -> VideoResult:
+    """Upscale the video `src` into `dst` with `pipe` (a `LinearSR`); see the module doc. `progress(frames
+    done, frames total)` after every frame; `step(steps done, steps total)` after every sampling step of a
+    frame, where the web page checks whether the job must stop (an exception there ends the job, the open
+    segment is dropped and the finished ones stay in the parts folder)."""
     src, dst, video = Path(src), Path(dst), video or VideoSettings()
     s = settings_from(settings)
     start = time.perf_counter()
@@ -100,7 +104,7 @@ def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, vide
             video.compile is None and worth_compiling(info.frames, size))):
         pipe.compile()
         pipe.warm_up()  # compiles now (or goes back to eager with a warning), not inside the first segment
-    job = _SegmentJob(pipe, s, video, info, codec, size, parts, per_segment, dst.suffix, warn)
+    job = _SegmentJob(pipe, s, video, info, codec, size, parts, per_segment, dst.suffix, warn, step)
     try:
         count = job.run(src, progress)
         if video.rank == 0:
@@ -181,9 +185,9 @@ def segment_path(parts: Path, k: int, suffix: str) -> Path:
 class _SegmentJob:
     """Decode (thread) -> upscale (this thread) -> encode segments (thread), for this rank's segments."""
 
-    def __init__(self, pipe, s, video, info, codec, size, parts, per_segment, suffix, warn) -> None:
+    def __init__(self, pipe, s, video, info, codec, size, parts, per_segment, suffix, warn, step=None) -> None:
         self.pipe, self.s, self.video, self.info, self.codec, self.size = pipe, s, video, info, codec, size
-        self.parts, self.per_segment, self.suffix, self.warn = parts, per_segment, suffix, warn
+        self.parts, self.per_segment, self.suffix, self.warn, self.step = parts, per_segment, suffix, warn, step
         self.computed = 0
 
     def mine(self, k: int) -> bool:
@@ -217,7 +221,7 @@ class _SegmentJob:
             while (item := decoded.get()) is not _END and not errors:
                 index, pts, rgb = item
                 out, _ = self.pipe.enhance_arrays(rgb, None, self.s, scale=self.video.scale,
-                                                  long_side=self.video.long_side)
+                                                  long_side=self.video.long_side, progress=self.step)
                 upscaled.put((index, pts, out[: self.size[1], : self.size[0]]))
                 self.computed += 1
                 if progress is not None:

@@ -61,6 +61,8 @@ class VideoInfo:
     sample_aspect: Fraction | None = None
     colors: dict = field(default_factory=dict)  # colorspace, color_primaries, color_trc, color_range
     copied: list = field(default_factory=list)  # "audio aac", "subtitle subrip": streams copied as they are
+    seconds: float | None = None  # the video's duration from the header (None: not stated); the page's limit
+    container: str = ""  # the demuxer FFmpeg chose from the content ("mov,mp4,m4a,...", "png_pipe")
 
 
 def _open(path: Path):
@@ -80,6 +82,8 @@ def probe(path: Path) -> VideoInfo:
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         frames = stream.frames
+        seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                   else box.duration / 1_000_000 if box.duration else None)
         if not frames and stream.duration and stream.time_base:
             frames = round(float(stream.duration * stream.time_base * rate))
         elif not frames and box.duration:
@@ -96,7 +100,7 @@ def probe(path: Path) -> VideoInfo:
                          rate=rate, frames=int(frames or 0), bit_depth=8 if bits <= 8 else 10,
                          rotation=int(round(getattr(frame, "rotation", 0) or 0)),
                          sample_aspect=stream.sample_aspect_ratio or ctx.sample_aspect_ratio, colors=colors,
-                         copied=copied)
+                         copied=copied, seconds=seconds, container=box.format.name)
 
 
 def _decoded(box, stream, on_corrupt: Callable[[int | None, str], None]):

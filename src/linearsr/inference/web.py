@@ -1,11 +1,13 @@
-"""`linearsr serve`: a local web page for upscaling one image at a time (Gradio, imported lazily).
+"""`linearsr serve`: a local web page for upscaling one image or one short video at a time (Gradio, imported
+lazily).
 
     from linearsr.inference.web import build_app, serve
     serve("default")                                   # http://127.0.0.1:7860, blocks until Ctrl-C
     demo = build_app(LinearSR.from_pretrained(...))    # a gr.Blocks, not launched (tests, embedding)
 
 The work behind the button (limits, checks, `run_upscale`) is in `inference/jobs.py`, without Gradio; its
-names are imported here too, where the page's callers have always found them.
+names are imported here too, where the page's callers have always found them. The video tab is
+`web_video.py` (its job: `video_jobs.py`); what both tabs' handlers share is `web_events.py`.
 
 Design notes:
 * Offline. Gradio's analytics and version check are off, Hugging Face telemetry is off, the page uses the
@@ -22,12 +24,16 @@ Design notes:
   past `max_job_seconds`, or when the server stops; the pipeline's per-step callback is where it checks.
   Every refusal is a one-line message shown in the page (gr.Error). Request bodies that stop arriving are
   answered 408 and an upload the client abandons is one console line (`request_guard.py`). One job at a time: the queue runs the
-  model's events (upscale, tagging) under one concurrency id with limit 1; the rest wait in line.
-* The page: input image, scale, preset (pre-fills steps, guidance and colour fix, which stay editable), tags
-  (pre-filled by the tagger plug-in when one is configured), seed, strength (models with a base image only);
-  a progress bar fed by the pipeline's
-  per-step callback; a before/after slider (bicubic | LinearSR), a download button for the full-resolution
-  PNG and the settings used as JSON.
+  model's events (upscale, video, tagging) under one concurrency id with limit 1; the rest wait in line.
+  Videos have their own limits in `LIMITS` (bytes, duration, frames, frame size), checked on the server from
+  the header before any frame is upscaled, the frames counted again while the job runs (`video_jobs.py`);
+  the server's upload cap is the larger of the image and video byte limits, each job checks its own.
+* The page: an Image tab and a Video tab (input and button), then the settings both use: scale, preset
+  (pre-fills steps, guidance and colour fix, which stay editable), tags (pre-filled by the tagger plug-in on
+  an image upload when one is configured), seed, strength (models with a base image only);
+  a progress bar (sampling steps for an image, frames for a video); a before/after slider (bicubic | LinearSR;
+  for a video, its middle frame), a download button for the full-resolution PNG or the upscaled clip, and
+  the settings used as JSON.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ from PIL import Image
 from ..runtime import StopSignals
 from ..settings import COLOR_FIXES, SamplingSettings
 from ..tags import load_tagger, parse_tags
+from . import web_video
 from .jobs import (LIMITS, MB, PRESET_CHOICES, JobStopped, Limits, UpscaleResult, _bytes, _pixels, _to_uint8,
                    check_request, load_upload, prune_results, run_upscale)
 from .pipeline import LinearSR
+from .web_events import ClientWatch, one_line, stop_reasons, upload_path
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 16_000_000
@@ -81,20 +89,6 @@ def _gradio():
     return gr
 
 
-def _upload(value) -> tuple[str | None, str | None]:
-    """(path, original name) from a raw gr.Image payload (a FileData dict), a path, or None."""
-    if not value:
-        return None, None
-    if isinstance(value, dict):
-        path = value.get("path")
-        return path, value.get("orig_name") or (Path(path).name if path else None)
-    return str(value), Path(str(value)).name
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 @dataclass
 class _Server:
     """What the page's handlers share: the pipeline, where results go, the limits, and the two signals
@@ -114,6 +108,12 @@ class _Server:
         parts = [_bytes(self.max_bytes) if self.max_bytes else None,
                  _pixels(self.max_pixels) if self.max_pixels else None]
         return " and ".join(p for p in parts if p) or "none"
+
+    def upload_cap(self) -> int | None:
+        """The server's upload cap (Gradio's `max_file_size`): the larger limit, as it cannot tell an image
+        upload from a video upload; each job then checks its own (None: one of them has no limit)."""
+        video = int(self.limits.video_mb * MB) if self.limits.video_mb else None
+        return max(self.max_bytes, video) if self.max_bytes and video else None
 
 
 def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAULT_MAX_UPLOAD_MB,
@@ -137,8 +137,9 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
                      max_pixels, limits, tagger)
 
     with gr.Blocks(title="LinearSR", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
-        gr.Markdown(f"## LinearSR: generative super-resolution\nDrop an image, pick the settings and press "
-                    f"**Upscale**. Limits: {server.limits_text()} per image; one job at a time.")
+        gr.Markdown(f"## LinearSR: generative super-resolution\nDrop an image or a short video, pick the "
+                    f"settings and press **Upscale**. Limits: {server.limits_text()} per image; "
+                    f"{web_video.limits_text(limits)} per video; one job at a time.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 inputs = _input_controls(gr, server)
@@ -149,17 +150,23 @@ def build_app(pipeline_or_path="default", *, max_upload_mb: float | None = DEFAU
     demo.linearsr_workdir = workdir
     demo.linearsr_pipeline = pipe
     demo.linearsr_stop, demo.linearsr_busy = server.stop, server.busy
+    demo.linearsr_upload_cap = server.upload_cap()
     return demo
 
 
 def _input_controls(gr, server: _Server) -> dict:
-    """The left column: the image and every setting, built from `server.limits` and the settings' defaults.
-    Returns the components by name (the keys of `check_request`, plus image and run)."""
+    """The left column: the image and video tabs and every setting, built from `server.limits` and the
+    settings' defaults. Returns the components by name (the keys of `check_request`, plus image, run, video
+    and run_video)."""
     limits, start, tagger = server.limits, SamplingSettings(), server.tagger
-    c = {"image": gr.Image(label="Input image", type="filepath", image_mode=None,
-                           sources=["upload", "clipboard"], height=300, elem_id="input-image")}
-    # right under the image: below the settings it was under the fold of a 1400x1000 window
-    c["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
+    with gr.Tabs(elem_id="input-kind"):
+        with gr.Tab("Image", elem_id="image-tab"):
+            c = {"image": gr.Image(label="Input image", type="filepath", image_mode=None,
+                                   sources=["upload", "clipboard"], height=300, elem_id="input-image")}
+            # right under the image: below the settings it was under the fold of a 1400x1000 window
+            c["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
+        with gr.Tab("Video", elem_id="video-tab"):
+            c.update(web_video.video_controls(gr))
     with gr.Row():
         c["scale"] = gr.Slider(*limits.scale[:2], value=server.pipe.model.config.scale, step=limits.scale[2],
                                label="Scale", elem_id="scale")
@@ -199,8 +206,8 @@ REQUEST_ORDER = ("image", "scale", "preset", "steps", "guidance", "tags", "seed"
 
 
 def _wire(gr, demo, server: _Server, c: dict, outputs: list) -> None:
-    """Connect the controls to the handlers. The model's events (upscale, tagging) share one concurrency id
-    with limit 1: one job at a time, the rest wait in the queue."""
+    """Connect the controls to the handlers. The model's events (upscale, video, tagging) share one
+    concurrency id with limit 1: one job at a time, the rest wait in the queue."""
     # in the browser, no round trip: the controls hold the preset's values before any click can follow
     table = {p: [v.steps, v.guidance, v.color_fix]
              for p in PRESET_CHOICES for v in [SamplingSettings(preset=p)]}
@@ -208,6 +215,9 @@ def _wire(gr, demo, server: _Server, c: dict, outputs: list) -> None:
                        js=f"(p) => ({json.dumps(table)})[p]")
     c["run"].click(_run_handler(gr, demo, server), [c[k] for k in REQUEST_ORDER], outputs, preprocess=False,
                    concurrency_id="model", concurrency_limit=1, api_name="upscale")
+    c["run_video"].click(web_video.video_handler(gr, demo, server), [c["video"]] + [c[k] for k in REQUEST_ORDER[1:]],
+                         outputs, preprocess=False, concurrency_id="model", concurrency_limit=1,
+                         api_name="upscale_video")
     if server.tagger is not None:
         c["image"].upload(_upload_handler(gr, server), c["image"], c["tags"], preprocess=False,
                           concurrency_id="model", concurrency_limit=1, api_name="tags")
@@ -224,13 +234,13 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
             req = check_request(scale=scale, preset=preset, steps=steps, guidance=guidance, tags=tags, seed=seed,
                                 color_fix=color_fix, strength=strength, limits=limits)
         except ValueError as e:
-            raise gr.Error(_one_line(e), print_exception=False) from None
-        path, name = _upload(image)
+            raise gr.Error(one_line(e), print_exception=False) from None
+        path, name = upload_path(image)
         if path is None:
             raise gr.Error("Drop or pick an image first.", print_exception=False)
         progress(0.0, desc="Loading")
-        should_stop = _stop_reasons(server.stop, _ClientWatch(demo), time.monotonic() + limits.job_seconds,
-                                    limits.job_seconds)
+        should_stop = stop_reasons(server.stop, ClientWatch(demo), time.monotonic() + limits.job_seconds,
+                                   limits.job_seconds)
 
         def report(done: int, total: int) -> None:
             progress((done, total), desc="Sampling", unit="steps")
@@ -242,7 +252,7 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
                                 max_pixels=server.max_pixels, progress=report, model_label=server.label,
                                 max_output_pixels=limits.output_pixels, should_stop=should_stop, **req)
         except (ValueError, OSError, RuntimeError, MemoryError) as e:  # ImageError is a ValueError
-            raise gr.Error(_one_line(e), print_exception=False) from None
+            raise gr.Error(one_line(e), print_exception=False) from None
         finally:
             prune_results(server.results, keep=r.after.parent if r is not None else None)
         for note in r.notes:
@@ -254,68 +264,22 @@ def _run_handler(gr, demo, server: _Server) -> Callable:
     return on_run
 
 
-def _stop_reasons(stop: threading.Event, watch: "_ClientWatch", deadline: float,
-                  job_seconds: float) -> Callable[[], str | None]:
-    """`should_stop` for one job: why it must end now (server stopping, client gone, over time), or None."""
-
-    def should_stop() -> str | None:
-        if stop.is_set():
-            return "the server is stopping"
-        if watch.gone():
-            return "the client went away"
-        if time.monotonic() > deadline:
-            return f"over the {job_seconds:g} s time limit per job"
-        return None
-
-    return should_stop
-
-
 def _upload_handler(gr, server: _Server) -> Callable:
     """The /tags event: pre-fill the tags box from the tagger plug-in when an image is uploaded."""
 
     def on_upload(image):
-        path, name = _upload(image)
+        path, name = upload_path(image)
         if path is None:
             return gr.update()
         try:
             loaded = load_upload(path, name, max_upload_bytes=server.max_bytes, max_pixels=server.max_pixels)
             found = server.tagger(Image.fromarray(_to_uint8(loaded.rgb)))
         except Exception as e:  # a failing plug-in must not break the page; the user can still type tags
-            gr.Warning(f"tagger: {_one_line(e)}")
+            gr.Warning(f"tagger: {one_line(e)}")
             return gr.update()
         return ", ".join(parse_tags(found))
 
     return on_upload
-
-
-class _ClientWatch:
-    """Whether the Gradio event running this job is still wanted. Gradio marks an event dead when its client
-    disconnects, and /cancel drops it from the active jobs (cancelling its asyncio task), but neither can
-    stop the worker thread that runs the model, so the job asks here after every step. This reads Gradio's
-    queue internals: if they change shape, or the event was never seen, it answers False (never a false
-    stop), and the per-job time limit still bounds the work."""
-
-    def __init__(self, demo) -> None:
-        self.demo, self.seen = demo, False
-        try:
-            from gradio.context import LocalContext
-
-            self.event_id = LocalContext.event_id.get(None)  # the worker thread runs in the event's context
-        except Exception:
-            self.event_id = None
-
-    def gone(self) -> bool:
-        if not self.event_id:
-            return False
-        try:
-            for jobs in self.demo._queue.active_jobs:
-                for event in jobs or ():
-                    if event._id == self.event_id:
-                        self.seen = True
-                        return not event.alive
-        except Exception:
-            return False
-        return self.seen  # seen running before, no longer among the active jobs: cancelled
 
 
 def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
@@ -340,7 +304,7 @@ def serve(model="default", *, host: str = "127.0.0.1", port: int = 7860, device:
         own_wait = block and threading.current_thread() is threading.main_thread()  # signals need the main thread
         wanted = dict(server_name=host, server_port=int(port), share=False, inbrowser=False, quiet=True,
                       prevent_thread_lock=own_wait or not block,
-                      max_file_size=int(max_upload_mb * MB) if max_upload_mb else None,
+                      max_file_size=demo.linearsr_upload_cap,
                       ssr_mode=False, mcp_server=False, pwa=False, show_error=True, app_kwargs=_guarded(limits))
         accepted = inspect.signature(demo.launch).parameters
         if not quiet:
