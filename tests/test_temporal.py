@@ -23,14 +23,15 @@ def texture(seed: int, h: int, w: int) -> np.ndarray:
 
 
 def clip(frames: int, step: int, seed: int = 0, jitter: float = 0.04, h: int = 40, w: int = 48):
-    """LR frames panning `step` LR px per frame over one scene, and "model outputs": the bicubic upscale plus
-    a fixed HR detail that moves with the scene plus detail drawn afresh on every frame (the flicker)."""
+    """LR frames panning `step` LR px per frame over one scene, with a little sensor noise (a still camera's
+    frames are never bit-identical), and "model outputs": the upscale plus a fixed HR detail that moves with
+    the scene plus detail drawn afresh on every frame (the flicker)."""
     scene = texture(seed, h, w + step * frames)
     fixed = np.random.default_rng(seed + 1).normal(0, 0.05, (h * SCALE, (w + step * frames) * SCALE, 3))
     rng = np.random.default_rng(seed + 2)
     lrs, outs = [], []
     for i in range(frames):
-        lr = scene[:, step * i: step * i + w]
+        lr = scene[:, step * i: step * i + w] + rng.normal(0, 0.003, (h, w, 3)).astype(np.float32)
         base = temporal.base_band(lr, (w * SCALE, h * SCALE))
         detail = fixed[:, step * i * SCALE: (step * i + w) * SCALE] + rng.normal(0, jitter, base.shape)
         lrs.append(lr)
@@ -80,6 +81,13 @@ def test_a_scene_cut_restarts_the_recursion():
     assert stabiliser.cuts == 1
     np.testing.assert_allclose(got[4], b_out[0], atol=1e-6)  # nothing of scene A in scene B's first frame
     assert not np.allclose(got[5], b_out[1], atol=1e-3)  # and the recursion goes on within scene B
+
+
+def test_a_repeated_frame_repeats_the_output():
+    """A corrupt frame is replaced by the previous one (inference/video_io.read_frames): the same output."""
+    lrs, outs = clip(3, 1)
+    got = run(Stabiliser(0.6), lrs + [lrs[-1]], outs + [outs[-1] + 0.01])
+    assert np.array_equal(got[3], got[2])
 
 
 def test_deterministic():

@@ -35,6 +35,7 @@ ERROR_SCALE = 0.06  # blurred-LR warp error (mean over RGB, values in [0, 1]) at
 CONSISTENCY_SLACK = 0.5  # LR px^2 the forward and backward flows may miss each other by
 FLOW_PRESET = "FAST"  # OpenCV DIS preset: FAST is 9 ms on a 640x360 LR frame here, MEDIUM 56 ms
 CUT_ERROR = 0.08  # a frame whose mean blurred-LR warp error is above this starts a new scene
+MIN_SIDE = 16  # LR px: DIS needs 12 or more; on smaller frames every frame stands alone
 PREROLL = 4  # frames before a segment its recursion starts from: with 4, as steady as one unbroken recursion
 
 
@@ -160,16 +161,24 @@ class Stabiliser:
         h, w = out.shape[:2]
         base = base_band(lr, (w, h))
         detail = out - base
-        motion = None
-        if self.last is not None and self.last[0] == index - 1 and self.last[1].shape == lr.shape:
-            motion = estimate_motion(self.last[1], lr, (w, h))
-            self.cuts += motion.cut
+        motion, repeated = None, False
+        if (self.last is not None and self.last[0] == index - 1 and self.last[1].shape == lr.shape
+                and min(lr.shape[:2]) >= MIN_SIDE):
+            # the same LR frame again (a corrupt frame's stand-in, a frozen picture): the same output again
+            repeated = np.array_equal(self.last[1], lr)
+            if not repeated:
+                motion = estimate_motion(self.last[1], lr, (w, h))
+                self.cuts += motion.cut
         self.last = (index, lr)
         states = {}
         for key in self.chains(index):
             previous = self.states.get(key)
-            fresh = previous is None or motion is None or index == self.starts(key) or previous.shape != detail.shape
-            states[key] = detail if fresh else blend(detail, previous, motion, self.strength)
+            if previous is None or index == self.starts(key) or previous.shape != detail.shape:
+                states[key] = detail
+            elif repeated:
+                states[key] = previous
+            else:
+                states[key] = detail if motion is None else blend(detail, previous, motion, self.strength)
         self.states = states  # recursions of finished segments are dropped
         own = self.chains(index)[0]
         return base + states[own]
