@@ -118,27 +118,62 @@ def test_mp4_keeps_timestamps_sound_rotation_and_colour_tags(tmp_path, model_dir
         assert (frame.colorspace, frame.color_primaries, frame.color_trc, frame.color_range) == (1, 1, 1, 1)
 
 
+def decoded_inputs(clip: Path) -> list[np.ndarray]:
+    with av.open(str(clip)) as box:  # the decoder's own conversion (limited range, BT.601)
+        return [f.to_ndarray(format="rgb24", src_color_range=1, dst_color_range=2).astype(np.float32) / 255
+                for f in box.decode(video=0)]
+
+
 def test_lossless_frames_equal_the_image_path_frame_by_frame(tmp_path, pipe):
-    """ffv1 is lossless, so each output frame is exactly what enhance_arrays gives for that frame alone:
-    the same settings and seed for every frame, nothing random per frame."""
+    """ffv1 is lossless, so with --temporal 0 each output frame is exactly what enhance_arrays gives for that
+    frame alone: the same settings and seed for every frame, nothing random per frame."""
     clip = tmp_path / "clip.mkv"
     make_clip(clip, frames=5, audio=False)
     out = tmp_path / "clip_x4.mkv"
-    result = enhance_video(pipe, clip, out, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
+    result = enhance_video(pipe, clip, out, None, VideoSettings(codec="ffv1", segment_seconds=0.2, temporal=0))
     assert (result.frames, result.size) == (5, (128, 96))
-    got = decode_rgb(out)
-    with av.open(str(clip)) as box:  # the decoder's own conversion (limited range, BT.601)
-        inputs = [f.to_ndarray(format="rgb24", src_color_range=1, dst_color_range=2).astype(np.float32) / 255
-                  for f in box.decode(video=0)]
-    for frame, lr in zip(got, inputs, strict=True):
+    for frame, lr in zip(decode_rgb(out), decoded_inputs(clip), strict=True):
         expected, _ = pipe.enhance_arrays(lr)
         assert np.array_equal(frame, np.rint(expected * 255).astype(np.uint8))
+
+
+def test_stabilised_frames_are_the_image_path_through_the_segments_recursions(tmp_path, pipe):
+    """By default the frames go through inference/temporal.py, restarted PREROLL frames before every
+    segment (2 frames each here): exactly the image path's frames through that stabiliser."""
+    pytest.importorskip("cv2")
+    from linearsr.inference.temporal import DEFAULT_STRENGTH, Stabiliser
+
+    clip, out = tmp_path / "clip.mkv", tmp_path / "clip_x4.mkv"
+    make_clip(clip, frames=6, audio=False)
+    enhance_video(pipe, clip, out, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
+    stabiliser = Stabiliser(DEFAULT_STRENGTH, restart_every=2)
+    expected = [stabiliser(i, lr, pipe.enhance_arrays(lr)[0]) for i, lr in enumerate(decoded_inputs(clip))]
+    got = decode_rgb(out)
+    for frame, want in zip(got, expected, strict=True):
+        assert np.array_equal(frame, np.rint(np.clip(want, 0, 1) * 255).astype(np.uint8))
+    plain = [np.rint(pipe.enhance_arrays(lr)[0] * 255).astype(np.uint8) for lr in decoded_inputs(clip)]
+    assert not np.array_equal(got[3], plain[3])  # the stabiliser did something
+
+
+def test_temporal_out_of_range_is_refused_in_one_line(tmp_path, model_dir):
+    from linearsr.cli.video_upscale import TEMPORAL_DEFAULT
+    from linearsr.inference.temporal import DEFAULT_STRENGTH
+
+    assert TEMPORAL_DEFAULT == DEFAULT_STRENGTH == VideoSettings().temporal
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, frames=2, audio=False)
+    res = CliRunner().invoke(main, ["upscale", str(clip), "--model", str(model_dir), "--temporal", "1.5"])
+    assert res.exit_code == 2 and "--temporal" in res.output and "1.5" in res.output
+    with pytest.raises(ValueError, match="temporal"):
+        VideoSettings(temporal=-0.1)
 
 
 def test_ten_bit_input_stays_ten_bit_and_keeps_its_colours(tmp_path, model_dir):
     clip = tmp_path / "deep.mp4"
     make_clip(clip, frames=3, pix_fmt="yuv420p10le", audio=False)
-    res = run(clip, "--model", model_dir, "--strength", "0")  # strength 0: the bicubic prior, smooth
+    # strength 0: the bicubic prior, smooth; temporal 0: the stabiliser averages this noise texture's
+    # compression noise over frames, which this check of the bit depth would count as an error
+    res = run(clip, "--model", model_dir, "--strength", "0", "--temporal", "0")
     assert res.exit_code == 0, res.output
     out = tmp_path / "deep_x4.mp4"
     with av.open(str(out)) as box:
@@ -261,6 +296,9 @@ def test_kill_9_then_the_same_call_resumes_from_the_last_finished_segment(tmp_pa
     finished = sorted(p.name for p in parts_folder(out).glob("seg_?????.mkv"))
     result = enhance_video(pipe, clip, out, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
     assert result.frames == 12 and result.computed == 12 - 2 * len(finished)
+    from linearsr.inference.temporal import PREROLL  # the first segment it computes starts its recursion early
+
+    assert result.prerolled == (PREROLL if result.computed else 0)
     fresh = tmp_path / "fresh.mkv"
     enhance_video(pipe, clip, fresh, None, VideoSettings(codec="ffv1", segment_seconds=0.2))
     assert all(np.array_equal(a, b) for a, b in zip(decode_rgb(out), decode_rgb(fresh), strict=True))

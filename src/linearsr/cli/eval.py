@@ -53,8 +53,11 @@ PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # e
 @click.option("--as-input", is_flag=True,
               help="Video --data only: the clip is real footage to upscale (no ground truth; flicker relative to "
                    "bicubic) instead of HR frames to degrade.", show_default="off")
+@click.option("--temporal", type=click.FloatRange(0, 1), default=0.6, show_default=True, metavar="W",
+              help="Video --data only: also score LinearSR through the video path's temporal stabiliser at "
+                   "strength W (the row linearsr_temporal; 0 = leave it out).")
 def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, paired, out, limit, crop, seed,
-             device, precision, side_by_side, save_images, quiet, as_input) -> None:
+             device, precision, side_by_side, save_images, quiet, as_input, temporal) -> None:
     """Evaluate a model against bicubic, Lanczos, Real-ESRGAN and SPAN alone on degraded HR photos.
 
     Metrics: PSNR/SSIM (RGB and Y, border = scale), MS-SSIM, HaarPSI, detail ratio (< 1 blurrier than the
@@ -117,12 +120,12 @@ def _eval_video(p: dict) -> None:
                          degradation=p["degradation"], baselines=names, out=p["out"], limit=p["limit"],
                          settings=SamplingSettings(preset=p["preset"], steps=p["steps"], seed=p["seed"]),
                          crop=p["crop"], seed=p["seed"], device=p["device"], precision=p["precision"],
-                         progress=not p["quiet"])
+                         progress=not p["quiet"], temporal=p["temporal"])
     out = p["out"]
     click.echo(f"{res['frames']} frames, x{p['scale']}; warping error relative to {res['reference']}:")
     for name, row in res["methods"].items():
         extra = f", PSNR {row['psnr']:.2f}" if "psnr" in row else ""
-        click.echo(f"  {name:<11} {row['relative']:.3f} ({row['vs_bicubic']:.3f} x bicubic){extra}, "
+        click.echo(f"  {name:<17} {row['relative']:.3f} ({row['vs_bicubic']:.3f} x bicubic){extra}, "
                    f"{row['seconds_per_frame']:.2f} s/frame")
     for note in res["notes"]:
         click.echo(f"note: {note}")

@@ -9,6 +9,10 @@ Two kinds of clip:
   `crop`); the flow and the reference are the bicubic upscale, so `relative` is the warping error over
   bicubic's.
 
+With `temporal` > 0 LinearSR is also scored through the video path's temporal stabiliser
+(inference/temporal.py) as the method "linearsr_temporal": the same model outputs, blended along the motion,
+so the two rows differ only by the stabiliser (its own cost is `stabiliser_seconds_per_frame`).
+
 Outputs are 8-bit quantised, as a video encoder would see them. Frames stream through: only the previous
 frame of each method is kept (plus the first few crops for the frame strip).
 """
@@ -26,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..datasets.degradations import degrade
+from ..inference import temporal as temporal_
 from ..inference import video_io
 from ..model.network import LinearSRModel
 from ..settings import SamplingSettings
@@ -35,12 +40,14 @@ from .metrics import psnr
 
 STRIP_FRAMES = 4  # consecutive frames in the strip figure
 STRIP_SIDE = 128  # output pixels of the strip's crop, centred
+TEMPORAL = "linearsr_temporal"
 
 
 def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degradation: str = "bicubic",
                    settings: SamplingSettings | None = None, baselines=("bicubic", "realesrgan"),
                    out: str | Path | None = None, limit: int | None = None, crop: int | None = None,
-                   seed: int = 0, device: str = "cpu", precision: str = "auto", progress: bool = True) -> dict:
+                   seed: int = 0, device: str = "cpu", precision: str = "auto", progress: bool = True,
+                   temporal: float = temporal_.DEFAULT_STRENGTH) -> dict:
     """Score LinearSR and `baselines` on the clip; returns the results (and writes them to `out`)."""
     model_name = str(model) if isinstance(model, (str, Path)) else "<in-memory model>"
     if isinstance(model, (str, Path)):
@@ -55,7 +62,9 @@ def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degra
     bicubic = _baseline_methods(["bicubic"], scale)[0]["bicubic"]
     if not as_input:
         methods.setdefault("bicubic", bicubic)  # the flicker target is stated against bicubic
-    meter, seconds = FlickerMeter(), {m: 0.0 for m in methods}
+    stabiliser = temporal_.Stabiliser(temporal) if temporal > 0 else None
+    meter, seconds = FlickerMeter(), {m: 0.0 for m in [*methods, *([TEMPORAL] if stabiliser else [])]}
+    stabilising = 0.0
     per_frame, strip = [], []
     unit = math.lcm(model.config.multiple, scale)
     total = min(limit or info.frames, info.frames) if info.frames else limit
@@ -73,8 +82,13 @@ def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degra
         outputs = {}
         for name, fn in methods.items():
             start = time.perf_counter()
-            outputs[name] = quantize8(fn(lr))
+            raw = fn(lr)
+            outputs[name] = quantize8(raw)
             seconds[name] += time.perf_counter() - start
+            if name == LINEARSR and stabiliser is not None:  # the unquantised output, as the video path does
+                start = time.perf_counter()
+                outputs[TEMPORAL] = quantize8(stabiliser(index, lr, raw))
+                stabilising += time.perf_counter() - start
         meter.add(reference, outputs)
         if not as_input:
             hr_chw = reference.transpose(2, 0, 1)
@@ -90,7 +104,13 @@ def evaluate_video(model, clip, *, as_input: bool = False, scale: int = 4, degra
                    methods={}, notes=notes,
                    strip_columns=(["bicubic"] if as_input else []) + [*outputs] + ([] if as_input else ["hr"]))
     bicubic_error = flicker["methods"].get("bicubic", flicker["methods"]["reference"])["warping_error"]
-    for name in methods:
+    if stabiliser is not None:
+        seconds[TEMPORAL] = seconds[LINEARSR] + stabilising
+        results.update(temporal=temporal, stabiliser_seconds_per_frame=stabilising / count,
+                       temporal_constants=dict(base_sigma=temporal_.BASE_SIGMA, error_scale=temporal_.ERROR_SCALE,
+                                               flow_preset=temporal_.FLOW_PRESET, cut_error=temporal_.CUT_ERROR),
+                       scene_cuts=stabiliser.cuts)
+    for name in seconds:
         row = dict(flicker["methods"][name], seconds_per_frame=seconds[name] / count)
         row["vs_bicubic"] = row["warping_error"] / bicubic_error if bicubic_error > 0 else float("nan")
         if per_frame:

@@ -4,6 +4,9 @@ the transparency kept. Pillow reads and writes them (no PyAV needed).
 Unlike a video, an animation is written in one piece (Pillow's writers take all frames at once), so its
 upscaled frames are held in memory as 8-bit RGBA until it is saved; animations are short, and the output
 is written to a temp file and renamed, so the final name never holds a half-written file.
+
+The generated detail is stabilised along the motion as in a video (`VideoSettings.temporal`,
+inference/temporal.py): one recursion over all the frames, on the colour only (the alpha is the frame's own).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from PIL import Image
 
 from .. import imageio, imagesave
 from ..settings import SamplingSettings, settings_from
+from . import temporal
 from .video import VideoResult, VideoSettings, commit
 
 ANIMATED_SUFFIXES = {".gif", ".webp", ".png", ".apng"}
@@ -46,6 +50,13 @@ def enhance_animation(pipe, src, dst, settings: SamplingSettings | None = None,
     if fmt is None:
         raise imageio.ImageError(str(dst), "animations are written as .gif, .webp or .png")
     frames, durations, info = [], [], {}
+    stabiliser = None
+    if video.temporal > 0:
+        why = temporal.available()
+        if why:
+            warn(f"{why}; upscaling frame by frame")
+        else:
+            stabiliser = temporal.Stabiliser(video.temporal)
     with Image.open(src) as im:
         total = im.n_frames
         info = dict(im.info)
@@ -56,6 +67,8 @@ def enhance_animation(pipe, src, dst, settings: SamplingSettings | None = None,
             loaded = imageio.load_image(im.convert("RGBA"))
             alpha = loaded.alpha if loaded.alpha is not None and loaded.alpha.min() < 1 else None
             rgb, alpha = pipe.enhance_arrays(loaded.rgb, alpha, s, scale=video.scale, long_side=video.long_side)
+            if stabiliser is not None:
+                rgb = stabiliser(i, loaded.rgb, rgb).clip(0, 1)
             frames.append(imagesave.to_output_pil(rgb, alpha, like=loaded).convert("RGBA"))
             if progress is not None:
                 progress(i + 1, total)

@@ -9,7 +9,11 @@ are joined by stream copy into a temp file that is then linked to the final name
 holds a half-written file.
 
 Temporal stability: every frame is sampled with the same settings and the same seed, so the noise is the
-same on every frame (and the fidelity preset, the default, is deterministic anyway).
+same on every frame (and the fidelity preset, the default, is deterministic anyway); the detail the model
+restores is then blended along the motion with the previous frame's (`VideoSettings.temporal`,
+inference/temporal.py). That recursion restarts temporal.PREROLL frames before each segment, so a segment
+is the same whether or not the one before it was computed in this run: a segment whose predecessor is not
+computed here (resume, another rank) upscales those few frames again only to start its recursion.
 
 Speed: decoding and encoding run in their own threads, overlapping the model, with bounded queues so
 memory does not grow with the clip's length.
@@ -33,7 +37,7 @@ import numpy as np
 
 from ..imageio import ImageError
 from ..settings import SamplingSettings, settings_from
-from . import video_io
+from . import temporal, video_io
 from .video_io import VideoInfo
 
 START_WAIT_SECONDS = 120  # other ranks wait this long for rank 0 to set up the parts folder
@@ -46,7 +50,9 @@ class VideoSettings:
     """How a video is written and resumed (the sampling itself is a `SamplingSettings`).
     codec: auto (h264 for .mp4/.mov/.mkv/.avi, vp9 for .webm), h264, hevc, vp9 or ffv1 (lossless RGB, .mkv or
     .avi); crf: quality (lower is better; default 18 for h264, 20 for hevc, 24 for vp9); scale / long_side:
-    output size as for images; rank / world: this process's share of the segments under torchrun."""
+    output size as for images; temporal: strength w in [0, 1] of the motion-compensated blending of the
+    generated detail with the previous frame's (0 = off; inference/temporal.py); rank / world: this
+    process's share of the segments under torchrun."""
 
     codec: str = "auto"
     crf: int | None = None
@@ -57,6 +63,7 @@ class VideoSettings:
     overwrite: bool = False
     queue_frames: int = 4
     compile: bool | None = None  # None: when the clip is big enough to pay for it (worth_compiling)
+    temporal: float = temporal.DEFAULT_STRENGTH
     rank: int = 0
     world: int = 1
 
@@ -67,6 +74,8 @@ class VideoSettings:
             raise ValueError(f"crf must be in [0, 63], got {self.crf}")
         if not self.segment_seconds > 0:
             raise ValueError(f"segment_seconds must be positive, got {self.segment_seconds}")
+        if not 0 <= self.temporal <= 1:
+            raise ValueError(f"temporal must be in [0, 1], got {self.temporal}")
 
 
 @dataclass
@@ -75,6 +84,7 @@ class VideoResult:
     frames: int  # frames in the output
     computed: int  # frames this call upscaled (the rest came from finished segments)
     seconds: float
+    prerolled: int = 0  # frames upscaled only to start a segment's temporal recursion (not written)
 
 
 def parts_folder(dest: Path) -> Path:
@@ -114,7 +124,8 @@ def enhance_video(pipe, src, dst, settings: SamplingSettings | None = None, vide
         if e.errno == errno.ENOSPC:
             raise ImageError(str(dst), f"disk full; the finished segments stay in {parts} for the next try") from None
         raise
-    return VideoResult(size=size, frames=count, computed=job.computed, seconds=time.perf_counter() - start)
+    return VideoResult(size=size, frames=count, computed=job.computed, seconds=time.perf_counter() - start,
+                       prerolled=job.prerolled)
 
 
 # torch.compile costs ~20 s once on a CPU and saves ~0.25 s per output megapixel (docs/benchmarks.md:
@@ -188,7 +199,14 @@ class _SegmentJob:
     def __init__(self, pipe, s, video, info, codec, size, parts, per_segment, suffix, warn, step=None) -> None:
         self.pipe, self.s, self.video, self.info, self.codec, self.size = pipe, s, video, info, codec, size
         self.parts, self.per_segment, self.suffix, self.warn, self.step = parts, per_segment, suffix, warn, step
-        self.computed = 0
+        self.computed = self.prerolled = 0
+        self.stabiliser = None
+        if video.temporal > 0:
+            why = temporal.available()
+            if why:  # the clip is still upscaled, frame by frame; the job key keeps this run apart
+                warn(f"{why}; upscaling frame by frame")
+            else:
+                self.stabiliser = temporal.Stabiliser(video.temporal, restart_every=per_segment)
 
     def mine(self, k: int) -> bool:
         return k % self.video.world == self.video.rank and not segment_path(self.parts, k, self.suffix).exists()
@@ -198,7 +216,11 @@ class _SegmentJob:
         decoded: queue.Queue = queue.Queue(self.video.queue_frames)
         upscaled: queue.Queue = queue.Queue(self.video.queue_frames)
         count, errors = [0], []
-        wanted = lambda index: self.mine(index // self.per_segment)  # noqa: E731
+
+        def wanted(index: int) -> bool:  # a frame of one of this rank's segments, or of one's pre-roll
+            if self.stabiliser is None:
+                return self.mine(index // self.per_segment)
+            return any(self.mine(k) for k in self.stabiliser.chains(index))
         todo = max(1, self.info.frames)
         done = sum(1 for i in range(todo) if not wanted(i))
 
@@ -222,6 +244,11 @@ class _SegmentJob:
                 index, pts, rgb = item
                 out, _ = self.pipe.enhance_arrays(rgb, None, self.s, scale=self.video.scale,
                                                   long_side=self.video.long_side, progress=self.step)
+                if self.stabiliser is not None:  # on the full output, before 4:2:0's even crop
+                    out = self.stabiliser(index, rgb, out)
+                if not self.mine(index // self.per_segment):
+                    self.prerolled += 1  # only the next segment's recursion needed it
+                    continue
                 upscaled.put((index, pts, out[: self.size[1], : self.size[0]]))
                 self.computed += 1
                 if progress is not None:
