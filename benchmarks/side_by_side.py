@@ -41,11 +41,11 @@ def rows(args) -> list[list[np.ndarray]]:
     return out
 
 
-def compose(grid: list[list[np.ndarray]], zoom: int) -> Image.Image:
+def compose(grid: list[list[np.ndarray]], zoom: int, labels=PANELS) -> Image.Image:
     label_h, gap, side = 16, 4, 2 * zoom
-    canvas = Image.new("RGB", (len(PANELS) * (side + gap) - gap, label_h + len(grid) * (side + gap)), "white")
+    canvas = Image.new("RGB", (len(labels) * (side + gap) - gap, label_h + len(grid) * (side + gap)), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, name in enumerate(PANELS):
+    for j, name in enumerate(labels):
         draw.text((j * (side + gap) + 2, 2), name, fill="black")
     for i, panels in enumerate(grid):
         h, w = panels[-1].shape[:2]
