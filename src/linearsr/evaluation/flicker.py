@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..inference.temporal import gray8, warp  # one luma and one warp for the measure and the stabiliser
+
 # forward-backward consistency (Sundaram et al.'s test): |f + b'|^2 < A (|f|^2 + |b'|^2) + B
 CONSISTENCY_A, CONSISTENCY_B = 0.01, 0.5
 
@@ -31,25 +33,11 @@ def _cv2():
     return cv2
 
 
-def _gray8(rgb: np.ndarray) -> np.ndarray:
-    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.rint(np.clip(luma, 0, 1) * 255).astype(np.uint8)
-
-
 def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(H, W, 2) displacement taking pixels of frame `a` to frame `b` (float RGB in [0, 1])."""
     cv2 = _cv2()
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(_gray8(a), _gray8(b), None)
-
-
-def warp(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
-    """`image` sampled at x + displacement(x): frame t+1 brought onto frame t's grid."""
-    cv2 = _cv2()
-    h, w = displacement.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(image.astype(np.float32), gx + displacement[..., 0], gy + displacement[..., 1],
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return dis.calc(gray8(a), gray8(b), None)
 
 
 def valid_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:

@@ -63,7 +63,8 @@ def available() -> str | None:
     return None
 
 
-def _gray8(rgb: np.ndarray) -> np.ndarray:
+def gray8(rgb: np.ndarray) -> np.ndarray:
+    """8-bit luma (BT.601 weights) of float RGB in [0, 1]: what OpenCV's DIS flow takes."""
     luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return np.rint(np.clip(luma, 0, 1) * 255).astype(np.uint8)
 
@@ -73,8 +74,8 @@ def warp(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     cv2 = _cv2()
     h, w = displacement.shape[:2]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(image, gx + displacement[..., 0], gy + displacement[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(image.astype(np.float32, copy=False), gx + displacement[..., 0], gy + displacement[..., 1],
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def base_band(lr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -103,7 +104,7 @@ def estimate_motion(lr_prev: np.ndarray, lr: np.ndarray, size: tuple[int, int]) 
     cv2 = _cv2()
     h, w = lr.shape[:2]
     dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{FLOW_PRESET}"))
-    gray, gray_prev = _gray8(lr), _gray8(lr_prev)
+    gray, gray_prev = gray8(lr), gray8(lr_prev)
     flow = dis.calc(gray, gray_prev, None)  # frame t -> t-1
     back = warp(dis.calc(gray_prev, gray, None), flow)  # t-1 -> t, read where each pixel of t came from
     # occlusion test (forward-backward consistency, as evaluation/flicker.py): the two flows must cancel
