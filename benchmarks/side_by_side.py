@@ -1,4 +1,5 @@
-"""Side-by-side crops for the model card: bicubic | SPAN alone | LinearSR fidelity | LinearSR realism | HR.
+"""Side-by-side crops for the model card: bicubic | SPAN alone | LinearSR fidelity | LinearSR realism |
+Real-ESRGAN x4plus | HR (the Real-ESRGAN column only where `linearsr[realesrgan]` is installed).
 
     python benchmarks/side_by_side.py --model default --degradation realistic --images 3 --crop 256 \
         --zoom 96 --out docs/default-model/side_by_side_realistic.png
@@ -19,13 +20,13 @@ from PIL import Image, ImageDraw
 
 from linearsr.datasets.degradations import degrade
 from linearsr.evaluation.evaluate import find_images, image_seed, prepare_hr
-from linearsr.evaluation.peers import BASELINES
+from linearsr.evaluation.peers import BASELINES, baseline_unavailable_reason
 from linearsr.inference.pipeline import LinearSR
 
-PANELS = ("bicubic", "SPAN alone", "LinearSR fidelity", "LinearSR realism", "HR")
+PANELS = ("bicubic", "SPAN alone", "LinearSR fidelity", "LinearSR realism", "Real-ESRGAN x4plus", "HR")
 
 
-def rows(args) -> list[list[np.ndarray]]:
+def rows(args, with_realesrgan: bool) -> list[list[np.ndarray]]:
     sr = LinearSR.from_pretrained(args.model, device="cpu", tag_encoder=None)
     _, files = find_images("demo", args.data_root)
     out = []
@@ -37,6 +38,8 @@ def rows(args) -> list[list[np.ndarray]]:
         panels = [np.asarray(BASELINES[name](pil, 4), dtype=np.float32) / 255 for name in ("bicubic", "span")]
         for preset in ("fidelity", "realism"):
             panels.append(sr.enhance_arrays(lr, preset=preset, seed=0)[0])
+        if with_realesrgan:
+            panels.append(np.asarray(BASELINES["realesrgan"](pil, 4), dtype=np.float32) / 255)
         out.append([*panels, hr])
     return out
 
@@ -68,7 +71,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    compose(rows(args), args.zoom).save(args.out)
+    missing = baseline_unavailable_reason("realesrgan", 4)
+    if missing:
+        print(f"note: no Real-ESRGAN column: {missing}")
+    labels = PANELS if not missing else tuple(p for p in PANELS if p != "Real-ESRGAN x4plus")
+    compose(rows(args, not missing), args.zoom, labels).save(args.out)
     print(args.out)
 
 

@@ -19,12 +19,14 @@ from linearsr.settings import SamplingSettings
 PRODUCT = dict(base="span", base_condition=True, degradation_condition=True, expert_boundaries=[0.5])
 
 
-@pytest.fixture
-def folders(tmp_path):
-    """(a folder with a realism expert, the same folder without it, the realism backbone)."""
-    model = randomize(LinearSRModel(tiny_config(**PRODUCT)), seed=0, std=0.05)
-    model.base = LinearSRModel(tiny_config(**PRODUCT)).base  # SPAN's real weights
-    realism = randomize(LinearSRModel(tiny_config(**PRODUCT)), seed=1, std=0.05).experts[0]
+@pytest.fixture(params=["levels", "params"])
+def folders(tmp_path, request):
+    """(a folder with a realism expert, the same folder without it, the realism backbone); conditioned on
+    the hand-made levels, or on the degradation vector its estimator reads (which the realism model shares)."""
+    product = {**PRODUCT, "degradation_vector": request.param}
+    model = randomize(LinearSRModel(tiny_config(**product)), seed=0, std=0.05)
+    model.base = LinearSRModel(tiny_config(**product)).base  # SPAN's real weights
+    realism = randomize(LinearSRModel(tiny_config(**product)), seed=1, std=0.05).experts[0]
     save_with_realism(model, realism, tmp_path / "with")
     model.save_pretrained(tmp_path / "without")
     return tmp_path / "with", tmp_path / "without", realism

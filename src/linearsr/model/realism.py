@@ -10,7 +10,7 @@ names a single-expert model gives it (`experts.0.*`): the t = 0 expert of the fl
 adversarial stage (train/adversarial.py). Folders without the file load and behave as before.
 
 `realism_model(model, state)` is a `LinearSRModel` with that one expert and no routing, which shares the
-fidelity model's base and codec modules (no second SPAN in memory). Sampled with one step, it is the
+fidelity model's base, codec and degradation estimator modules (no second SPAN in memory). Sampled with one step, it is the
 generator exactly as trained: `flow.sample.one_step`, one network evaluation, deterministic. The
 pipeline runs it for the `realism` preset (inference/pipeline.py).
 """
@@ -67,7 +67,9 @@ def realism_model(model: LinearSRModel, tensors: dict[str, torch.Tensor]) -> Lin
                                   provenance={**model.config.provenance, "expert": "realism (adversarial)"})
     with torch.device("meta"):  # the skeleton only: its base and codec are replaced by the shared ones
         view = LinearSRModel(config)
-    view.base, view.codec = model.base, model.codec
+    # shared, not copied; the estimator too: a `degradation_vector: params` model reads the input's
+    # degradation with it, and the meta skeleton's own would hold no weights
+    view.base, view.codec, view.estimator = model.base, model.codec, model.estimator
     view.boundaries = torch.zeros(0, dtype=torch.float64)
     expert = type(model.experts[0])(config)
     missing, unexpected = expert.load_state_dict({k.removeprefix(PREFIX): v for k, v in tensors.items()},
