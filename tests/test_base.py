@@ -52,6 +52,18 @@ def test_span_base_is_frozen_and_stays_in_eval_mode():
     assert trainable.base.training and all(p.requires_grad for p in trainable.base.parameters())
 
 
+def test_span_base_ignores_bf16_autocast():
+    """Where the gate closes on a clean input the base is the whole output: bf16 autocast must not cost it
+    precision (it lost up to 0.13 dB on clean photos)."""
+    model = span_model().eval()
+    lr = photo_lr()
+    with torch.no_grad():
+        fp32 = model.base_image(lr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = model.base_image(lr)
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, fp32)
+
+
 def test_backbone_sees_the_base_and_the_degradation_levels():
     model = span_model(randomize_experts=True)
     lr = photo_lr()

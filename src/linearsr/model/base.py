@@ -47,8 +47,13 @@ class SpanBase(nn.Module):
         return self
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            x = ((lr + 1) * 0.5).contiguous(memory_format=torch.channels_last)
+        # SPAN runs in its weights' precision, outside any autocast: under bf16 autocast its image lost
+        # 0.03-0.13 dB PSNR on clean photos (the base is the whole output where the input is clean and the
+        # residual gate closes), for about half of SPAN's time.
+        dtype = next(self.span.parameters()).dtype
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()), \
+                torch.autocast(lr.device.type, enabled=False):
+            x = ((lr.to(dtype) + 1) * 0.5).contiguous(memory_format=torch.channels_last)
             return (self.span(x) * 2 - 1).contiguous()
 
 
