@@ -59,7 +59,9 @@ def test_eval_on_a_clip_writes_psnr_per_frame_flicker_and_a_strip(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((out / "video_metrics.json").read_text())
     assert data["frames"] == 3 and set(data["methods"]) == {"bicubic", "linearsr", "linearsr_temporal"}
-    assert data["temporal"] == 0.6 and data["stabiliser_seconds_per_frame"] > 0
+    from linearsr.inference.temporal import DEFAULT_STRENGTH
+
+    assert data["temporal"] == DEFAULT_STRENGTH and data["stabiliser_seconds_per_frame"] > 0  # eval = upscale
     assert len(data["methods"]["linearsr"]["psnr_per_frame"]) == 3
     assert data["methods"]["bicubic"]["vs_bicubic"] == pytest.approx(1.0)
     assert (out / "video_strip.png").is_file() and "warping error" in (out / "video_report.md").read_text()

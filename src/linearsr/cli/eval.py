@@ -10,6 +10,7 @@ from click.core import ParameterSource
 
 from ..degradation_kinds import KINDS
 from . import CONTEXT
+from .video_upscale import TEMPORAL_DEFAULT
 
 PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # evaluation.paired.PAIRED_BASELINES
 
@@ -53,7 +54,7 @@ PAIRED_DEFAULT_BASELINES = "matlab-bicubic,bicubic,lanczos,span,realesrgan"  # e
 @click.option("--as-input", is_flag=True,
               help="Video --data only: the clip is real footage to upscale (no ground truth; flicker relative to "
                    "bicubic) instead of HR frames to degrade.", show_default="off")
-@click.option("--temporal", type=click.FloatRange(0, 1), default=0.6, show_default=True, metavar="W",
+@click.option("--temporal", type=click.FloatRange(0, 1), default=TEMPORAL_DEFAULT, show_default=True, metavar="W",
               help="Video --data only: also score LinearSR through the video path's temporal stabiliser at "
                    "strength W (the row linearsr_temporal; 0 = leave it out).")
 def eval_cmd(model, data, data_root, scale, degradation, steps, preset, baselines, paired, out, limit, crop, seed,

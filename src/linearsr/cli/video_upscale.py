@@ -11,7 +11,7 @@ import click
 
 VIDEO_OPTIONS = ("video_codec", "crf", "segment_seconds", "restart", "temporal")
 # inference.temporal.DEFAULT_STRENGTH, written out so that `linearsr --help` imports nothing (a test checks)
-TEMPORAL_DEFAULT = 0.6
+TEMPORAL_DEFAULT = 0.7
 
 
 def video_options(f):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_STRENGTH = 0.6  # w: measured on the clips of docs/video.md: at most 1.1 x bicubic, PSNR kept
+DEFAULT_STRENGTH = 0.7  # w: measured on the clips of docs/video.md with the v0.4 model: at most 1.1 x bicubic
 BASE_SIGMA = 1.0  # LR px: the Gaussian under the base band (0 = plain bicubic)
 ERROR_SCALE = 0.06  # blurred-LR warp error (mean over RGB, values in [0, 1]) at which the confidence is 1/e
 CONSISTENCY_SLACK = 0.5  # LR px^2 the forward and backward flows may miss each other by
