@@ -138,7 +138,7 @@ def worth_compiling(frames: int, size: tuple[int, int]) -> bool:
 
 
 def _output_size(pipe, info: VideoInfo, video: VideoSettings, codec: str) -> tuple[int, int]:
-    from .pipeline import output_size
+    from .sizing import output_size  # not via pipeline, which imports this module
 
     w, h = output_size(info.width, info.height, video.scale, video.long_side, pipe.model.config.scale)
     if codec != "ffv1":  # 4:2:0 needs even sides: drop the last column/row rather than stretch
